@@ -1,0 +1,277 @@
+// Messages to frames and back: msgpack for the body (frame 0), large binaries
+// out of band as dask's `{"__Serialized__": n}` references, so that a Python
+// dask peer reads them as `bytes` and we read dask's bytes as Uint8Array.
+//
+// The msgpack implementation stays behind `Codec`: swapping it touches this
+// file only.
+
+import { Decoder, Encoder } from "@msgpack/msgpack";
+import { ProtocolError } from "./errors.ts";
+import { Serialized } from "./serialized.ts";
+
+/** Turns a message into frames and frames into a message. */
+export interface Codec {
+  /**
+   * Encodes a message. Frame 0 may be a view of a buffer that the next
+   * `encode` call overwrites: copy it before encoding again.
+   */
+  encode(message: unknown): Uint8Array[];
+  /** Decodes the frames of one message. */
+  decode(frames: readonly Uint8Array[]): unknown;
+}
+
+/** Options of {@linkcode createCodec}. */
+export interface CodecOptions {
+  /** Binaries of at least this many bytes travel as separate frames. */
+  binaryFrameThreshold: number;
+}
+
+const SERIALIZED_KEY = "__Serialized__";
+const PICKLED_KEY = "__Pickled__";
+const SET_KEY = "__Set__";
+/** Nesting beyond this is left to msgpack, which refuses it with an error. */
+const MAX_DEPTH = 100;
+
+// pickle.dumps(bytes) as dask 2022.12 writes it in "type-serialized"; dask
+// only unpickles it, so any protocol's bytes for `builtins.bytes` will do.
+const PICKLED_BYTES_TYPE = new Uint8Array([
+  0x80,
+  0x05,
+  0x95,
+  0x16,
+  0,
+  0,
+  0,
+  0,
+  0,
+  0,
+  0,
+  0x8c,
+  0x08,
+  ...new TextEncoder().encode("builtins"),
+  0x94,
+  0x8c,
+  0x05,
+  ...new TextEncoder().encode("bytes"),
+  0x94,
+  0x93,
+  0x94,
+  0x2e,
+]);
+const BINARY_TYPES = new Set(["bytes", "bytearray", "memoryview"]);
+
+/** Creates a msgpack codec whose encoder and decoder are reused per call. */
+export function createCodec(options: CodecOptions): Codec {
+  const encoder = new Encoder();
+  const subHeaderEncoder = new Encoder();
+  const decoder = new Decoder();
+  const threshold = options.binaryFrameThreshold;
+  const bytesSubHeader = (): Uint8Array =>
+    subHeaderEncoder.encode({
+      "sub-header": {},
+      type: "bytes",
+      "type-serialized": PICKLED_BYTES_TYPE,
+      serializer: "dask",
+      "split-num-sub-frames": [1],
+      "split-offsets": [0],
+      compression: [null],
+      "num-sub-frames": 1,
+    });
+  let cachedBytesSubHeader: Uint8Array | undefined;
+
+  function encode(message: unknown): Uint8Array[] {
+    const frames: Uint8Array[] = [EMPTY];
+    const body = prepare(message, 0);
+    frames[0] = encoder.encodeSharedRef(body);
+    return frames;
+
+    function prepare(value: unknown, depth: number): unknown {
+      if (typeof value !== "object" || value === null) return value;
+      if (ArrayBuffer.isView(value)) {
+        if (value.byteLength < threshold) return value;
+        const bytes = value instanceof Uint8Array
+          ? value
+          : new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+        const offset = frames.length;
+        cachedBytesSubHeader ??= bytesSubHeader();
+        frames.push(cachedBytesSubHeader, bytes);
+        return { [SERIALIZED_KEY]: offset };
+      }
+      if (value instanceof Serialized) {
+        const offset = frames.length;
+        frames.push(
+          subHeaderEncoder.encode({
+            ...value.header,
+            "num-sub-frames": value.frames.length,
+          }),
+          ...value.frames,
+        );
+        return { [value.kind]: offset };
+      }
+      if (depth >= MAX_DEPTH) return value;
+      if (Array.isArray(value)) {
+        let copy: unknown[] | undefined;
+        for (let i = 0; i < value.length; i++) {
+          const item = value[i];
+          const prepared = prepare(item, depth + 1);
+          if (prepared !== item) {
+            copy ??= value.slice();
+            copy[i] = prepared;
+          }
+        }
+        return copy ?? value;
+      }
+      if (value instanceof Set) {
+        return { [SET_KEY]: true, "as-list": prepare([...value], depth + 1) };
+      }
+      if (value instanceof Map) {
+        const object: Record<string, unknown> = {};
+        for (const [key, item] of value) {
+          if (typeof key !== "string" && typeof key !== "number") {
+            throw new TypeError(
+              `Cannot encode a Map with a ${typeof key} key: msgpack maps here take string or number keys`,
+            );
+          }
+          object[key] = prepare(item, depth + 1);
+        }
+        return object;
+      }
+      const proto = Object.getPrototypeOf(value);
+      if (proto !== Object.prototype && proto !== null) return value;
+      let copy: Record<string, unknown> | undefined;
+      const record = value as Record<string, unknown>;
+      for (const key in record) {
+        const item = record[key];
+        const prepared = prepare(item, depth + 1);
+        if (prepared !== item) {
+          copy ??= { ...record };
+          copy[key] = prepared;
+        }
+      }
+      return copy ?? value;
+    }
+  }
+
+  function decode(frames: readonly Uint8Array[]): unknown {
+    let message: unknown;
+    try {
+      message = decoder.decode(frames[0]);
+    } catch (error) {
+      throw new ProtocolError(
+        `Peer sent a message body that is not valid msgpack: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+    if (frames.length === 1 && !mayHoldSets(frames[0])) return message;
+    return restore(message, 0);
+
+    function restore(value: unknown, depth: number): unknown {
+      if (typeof value !== "object" || value === null) return value;
+      if (ArrayBuffer.isView(value) || depth >= MAX_DEPTH) return value;
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) {
+          value[i] = restore(value[i], depth + 1);
+        }
+        return value;
+      }
+      const record = value as Record<string, unknown>;
+      if (SERIALIZED_KEY in record && typeof record[SERIALIZED_KEY] === "number") {
+        return reference(SERIALIZED_KEY, record[SERIALIZED_KEY] as number);
+      }
+      if (PICKLED_KEY in record && typeof record[PICKLED_KEY] === "number") {
+        return reference(PICKLED_KEY, record[PICKLED_KEY] as number);
+      }
+      if (record[SET_KEY] === true && Array.isArray(record["as-list"])) {
+        return new Set(restore(record["as-list"], depth + 1) as unknown[]);
+      }
+      for (const key in record) record[key] = restore(record[key], depth + 1);
+      return record;
+    }
+
+    function reference(kind: Serialized["kind"], offset: number): unknown {
+      if (!Number.isInteger(offset) || offset < 1 || offset >= frames.length) {
+        throw new ProtocolError(
+          `Peer sent a ${kind} reference to frame ${offset}, but the message has frames 0 to ${
+            frames.length - 1
+          }`,
+        );
+      }
+      let header: unknown;
+      try {
+        header = decoder.decode(frames[offset]);
+      } catch (error) {
+        throw new ProtocolError(
+          `Peer sent a ${kind} sub-header (frame ${offset}) that is not valid msgpack`,
+          { cause: error },
+        );
+      }
+      if (typeof header !== "object" || header === null || Array.isArray(header)) {
+        throw new ProtocolError(
+          `Peer sent a ${kind} sub-header (frame ${offset}) that is not a map`,
+        );
+      }
+      const record = header as Record<string, unknown>;
+      const count = record["num-sub-frames"] ?? 0;
+      if (
+        typeof count !== "number" || !Number.isInteger(count) || count < 0 ||
+        offset + 1 + count > frames.length
+      ) {
+        throw new ProtocolError(
+          `Peer sent a ${kind} sub-header (frame ${offset}) announcing ${
+            String(count)
+          } sub-frames, but only ${frames.length - offset - 1} follow`,
+        );
+      }
+      const subFrames = frames.slice(offset + 1, offset + 1 + count);
+      if (kind === SERIALIZED_KEY && isPlainBytes(record)) {
+        return subFrames.length === 1 ? subFrames[0] : concat(subFrames);
+      }
+      return new Serialized(kind, record, subFrames);
+    }
+  }
+
+  return { encode, decode };
+}
+
+const EMPTY = new Uint8Array(0);
+
+function isPlainBytes(header: Record<string, unknown>): boolean {
+  if (header.serializer !== "dask") return false;
+  if (typeof header.type !== "string" || !BINARY_TYPES.has(header.type)) {
+    return false;
+  }
+  const compression = header.compression;
+  if (compression === undefined || compression === null) return true;
+  return Array.isArray(compression) && compression.every((c) => c === null);
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  let size = 0;
+  for (const part of parts) size += part.byteLength;
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.byteLength;
+  }
+  return out;
+}
+
+// msgpack's encoding of the string "__Set__" (fixstr of 7 bytes).
+const SET_MARKER = new Uint8Array([0xa7, ...new TextEncoder().encode(SET_KEY)]);
+
+/**
+ * A single-frame message needs a second pass only if it may hold a dask set;
+ * a byte search of the body says so far faster than a walk of the message.
+ */
+function mayHoldSets(body: Uint8Array): boolean {
+  const first = SET_MARKER[0];
+  let at = body.indexOf(first);
+  while (at !== -1 && at + SET_MARKER.length <= body.length) {
+    let i = 1;
+    while (i < SET_MARKER.length && body[at + i] === SET_MARKER[i]) i++;
+    if (i === SET_MARKER.length) return true;
+    at = body.indexOf(first, at + 1);
+  }
+  return false;
+}

@@ -1,0 +1,198 @@
+// dask's frames over a byte stream (distributed/comm/tcp.py, protocol/utils.py):
+//
+//   u64 total       bytes that follow (2022 dask: all of the message; 2023.11+
+//                   dask: only the prelude and the first frames)
+//   u64 count       number of frames
+//   u64 length × count
+//   frame bytes × count
+//
+// Every integer is little-endian. The reader bounds every length by
+// maxMessageSize before it allocates, and trusts the per-frame lengths (not
+// `total`) for where a message ends, so that both dask generations read.
+
+import { ProtocolError } from "./errors.ts";
+
+/** Bytes of the `total` and `count` words at the start of every message. */
+export const FIXED_HEADER_BYTES = 16;
+/** Bytes of one frame length in the prelude. */
+export const LENGTH_BYTES = 8;
+/** Size of a fresh read buffer: several small messages per read syscall. */
+export const READ_CHUNK_BYTES = 256 * 1024;
+/** Below this much free space, the next read goes into a fresh buffer. */
+const MIN_READ_BYTES = 16 * 1024;
+const TWO_POW_32 = 2 ** 32;
+/** High words at or above this make a value larger than 2^53. */
+const MAX_SAFE_HIGH_WORD = 2 ** 21;
+
+/** Size of the header (total, count and lengths) for `count` frames. */
+export function headerSize(count: number): number {
+  return FIXED_HEADER_BYTES + LENGTH_BYTES * count;
+}
+
+/** Writes `value` (a safe non-negative integer) as a little-endian u64. */
+export function setU64(view: DataView, offset: number, value: number): void {
+  view.setUint32(offset, value % TWO_POW_32, true);
+  view.setUint32(offset + 4, Math.floor(value / TWO_POW_32), true);
+}
+
+/** Reads a little-endian u64; values above 2^53 read as `Infinity`. */
+export function getU64(view: DataView, offset: number): number {
+  const high = view.getUint32(offset + 4, true);
+  if (high >= MAX_SAFE_HIGH_WORD) return Infinity;
+  return high * TWO_POW_32 + view.getUint32(offset, true);
+}
+
+/**
+ * Writes the header of a message made of `frames` at `offset` of `view`, in
+ * the 2022 dask form (the total covers the prelude and every frame).
+ *
+ * @returns The number of bytes written.
+ */
+export function writeHeader(
+  view: DataView,
+  offset: number,
+  frames: readonly Uint8Array[],
+): number {
+  const count = frames.length;
+  let total = LENGTH_BYTES * (1 + count);
+  for (let i = 0; i < count; i++) total += frames[i].byteLength;
+  setU64(view, offset, total);
+  setU64(view, offset + 8, count);
+  let at = offset + FIXED_HEADER_BYTES;
+  for (let i = 0; i < count; i++) {
+    setU64(view, at, frames[i].byteLength);
+    at += LENGTH_BYTES;
+  }
+  return at - offset;
+}
+
+/**
+ * Cuts messages out of a byte stream.
+ *
+ * Bytes are read straight into {@linkcode FrameReader.space} and handed out as
+ * views, never copied twice: a buffer is only written past the bytes already
+ * handed out, so decoded messages may keep views into it.
+ */
+export class FrameReader {
+  #maxMessageSize: number;
+  #buffer: Uint8Array;
+  #view: DataView;
+  #start = 0;
+  #end = 0;
+  /** Bytes the message at #start needs, once its prelude was read. */
+  #needed = 0;
+
+  constructor(maxMessageSize: number) {
+    this.#maxMessageSize = maxMessageSize;
+    this.#buffer = new Uint8Array(READ_CHUNK_BYTES);
+    this.#view = new DataView(this.#buffer.buffer);
+  }
+
+  /** Bytes received that do not yet form a whole message. */
+  get pendingBytes(): number {
+    return this.#end - this.#start;
+  }
+
+  /** Bytes the incomplete message needs in all, or 0 if not yet known. */
+  get neededBytes(): number {
+    return this.#needed;
+  }
+
+  /** Where the next read should put its bytes. */
+  space(): Uint8Array {
+    const pending = this.#end - this.#start;
+    const wanted = Math.max(this.#needed, pending + MIN_READ_BYTES);
+    if (this.#start + wanted > this.#buffer.length) {
+      // Move the partial message to a fresh buffer big enough for all of it,
+      // so that a large frame is read in place and handed out without a copy.
+      const size = Math.max(wanted, READ_CHUNK_BYTES);
+      const fresh = new Uint8Array(size);
+      fresh.set(this.#buffer.subarray(this.#start, this.#end));
+      this.#buffer = fresh;
+      this.#view = new DataView(fresh.buffer);
+      this.#start = 0;
+      this.#end = pending;
+    }
+    return this.#buffer.subarray(this.#end);
+  }
+
+  /** Records that `n` bytes were read into the last {@linkcode space}. */
+  commit(n: number): void {
+    this.#end += n;
+  }
+
+  /**
+   * Returns the frames of the next whole message, or `undefined` when more
+   * bytes are needed.
+   *
+   * @throws {ProtocolError} If the header breaks the protocol or announces
+   * more than `maxMessageSize` bytes.
+   */
+  next(): Uint8Array[] | undefined {
+    const available = this.#end - this.#start;
+    if (this.#needed !== 0 && available < this.#needed) return undefined;
+    if (available < FIXED_HEADER_BYTES) return undefined;
+    const view = this.#view;
+    const start = this.#start;
+    const max = this.#maxMessageSize;
+    const total = getU64(view, start);
+    if (total > max) {
+      throw new ProtocolError(
+        `Peer announced a message of ${
+          formatSize(total)
+        } bytes, more than maxMessageSize (${max}): raise maxMessageSize if the peer is trusted`,
+      );
+    }
+    const count = getU64(view, start + 8);
+    if (count === 0 || LENGTH_BYTES * (1 + count) > total) {
+      throw new ProtocolError(
+        `Peer sent a malformed message header: ${
+          formatSize(count)
+        } frames cannot fit in the ${total} bytes announced`,
+      );
+    }
+    const prelude = headerSize(count);
+    if (available < prelude) {
+      this.#needed = prelude;
+      return undefined;
+    }
+    let size = prelude;
+    let at = start + FIXED_HEADER_BYTES;
+    for (let i = 0; i < count; i++, at += LENGTH_BYTES) {
+      size += getU64(view, at);
+    }
+    if (size - LENGTH_BYTES > max) {
+      throw new ProtocolError(
+        `Peer sent frame lengths adding up to ${
+          formatSize(size - prelude)
+        } bytes, more than maxMessageSize (${max}): raise maxMessageSize if the peer is trusted`,
+      );
+    }
+    if (available < size) {
+      this.#needed = size;
+      return undefined;
+    }
+    const frames = new Array<Uint8Array>(count);
+    let offset = start + prelude;
+    at = start + FIXED_HEADER_BYTES;
+    for (let i = 0; i < count; i++, at += LENGTH_BYTES) {
+      const length = getU64(view, at);
+      frames[i] = this.#buffer.subarray(offset, offset + length);
+      offset += length;
+    }
+    this.#start = offset;
+    this.#needed = 0;
+    if (this.#start === this.#end && this.#buffer.length - this.#end < MIN_READ_BYTES) {
+      // Nothing pending and little room left: start the next read afresh
+      // rather than copy a tail later.
+      this.#buffer = new Uint8Array(READ_CHUNK_BYTES);
+      this.#view = new DataView(this.#buffer.buffer);
+      this.#start = this.#end = 0;
+    }
+    return frames;
+  }
+}
+
+function formatSize(value: number): string {
+  return value === Infinity ? "more than 2^53" : String(value);
+}

@@ -1,0 +1,48 @@
+// A FIFO queue with O(1) push and shift, for inboxes and waiter lists.
+
+/** A first-in first-out queue. */
+export class Queue<T> {
+  #items: (T | undefined)[] = [];
+  #head = 0;
+
+  /** Number of items queued. */
+  get length(): number {
+    return this.#items.length - this.#head;
+  }
+
+  /** Adds an item at the back. */
+  push(item: T): void {
+    this.#items.push(item);
+  }
+
+  /** Removes and returns the front item (`undefined` when empty). */
+  shift(): T | undefined {
+    if (this.#head === this.#items.length) return undefined;
+    const item = this.#items[this.#head];
+    this.#items[this.#head++] = undefined;
+    if (this.#head === this.#items.length) {
+      this.#items.length = 0;
+      this.#head = 0;
+    } else if (this.#head >= 1024 && this.#head * 2 >= this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    return item;
+  }
+
+  /** Removes one given item wherever it is; returns whether it was there. */
+  remove(item: T): boolean {
+    const at = this.#items.indexOf(item, this.#head);
+    if (at === -1) return false;
+    this.#items.splice(at, 1);
+    return true;
+  }
+
+  /** Removes and returns every item, front first. */
+  drain(): T[] {
+    const items = this.#items.slice(this.#head) as T[];
+    this.#items = [];
+    this.#head = 0;
+    return items;
+  }
+}

@@ -1,0 +1,100 @@
+// Small helpers shared by the comm modules; not part of the public API.
+
+/** Quotes a value for an error message, whatever its type. */
+export function describe(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "symbol") return value.toString();
+  if (value === null || typeof value !== "object") return String(value);
+  return Object.prototype.toString.call(value);
+}
+
+/** The message of an error, or the value as text. */
+export function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** A promise with its settle functions, as `Promise.withResolvers()`. */
+export interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+  reject: (reason: unknown) => void;
+}
+
+/** Creates a {@linkcode Deferred}. */
+export function deferred<T>(): Deferred<T> {
+  return Promise.withResolvers<T>();
+}
+
+/**
+ * An AbortSignal that fires when `signal` does or after `ms` milliseconds,
+ * with a `clear()` that releases the timer (so that no timer outlives the
+ * work, which Deno's test sanitizers check).
+ */
+export function timeoutSignal(
+  ms: number,
+  signal?: AbortSignal,
+  reason: () => unknown = () => new DOMException("The operation timed out", "TimeoutError"),
+): { signal: AbortSignal; clear: () => void } {
+  const controller = new AbortController();
+  const onAbort = () => controller.abort(signal!.reason);
+  if (signal?.aborted) controller.abort(signal.reason);
+  else signal?.addEventListener("abort", onAbort, { once: true });
+  const timer = Number.isFinite(ms)
+    ? setTimeout(() => controller.abort(reason()), Math.max(0, ms))
+    : undefined;
+  return {
+    signal: controller.signal,
+    clear() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    },
+  };
+}
+
+/**
+ * Settles with `promise`, or rejects with the signal's reason as soon as it
+ * aborts (the promise itself keeps running).
+ */
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    promise.catch(() => {});
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+/** Checks a millisecond duration option; `Infinity` means "no limit". */
+export function checkDuration(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || Number.isNaN(value) || value < 0) {
+    throw new RangeError(
+      `Invalid ${name} ${describe(value)}: expected a number of milliseconds, 0 or more`,
+    );
+  }
+  return value;
+}
+
+/** Checks a positive integer size option. */
+export function checkSize(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new RangeError(
+      `Invalid ${name} ${describe(value)}: expected a positive whole number`,
+    );
+  }
+  return value;
+}

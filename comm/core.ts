@@ -1,0 +1,470 @@
+/**
+ * `connect()` and `listen()`: open comms to an address and accept them, with
+ * retries and dask's connection handshake on every backend.
+ *
+ * @module
+ */
+
+import { delay } from "@std/async/delay";
+import { Queue } from "./_queue.ts";
+import {
+  abortable,
+  checkDuration,
+  type Deferred,
+  deferred,
+  describe,
+  messageOf,
+  timeoutSignal,
+} from "./_util.ts";
+import { CommClosedError, ConnectError, ConnectTimeoutError, ProtocolError } from "./errors.ts";
+import { type BackendListener, lookupAddress } from "./registry.ts";
+import type { Comm, CommHandler, ConnectOptions, Listener, ListenOptions } from "./types.ts";
+
+/** Default of `connect()`'s `timeout`: 10 seconds. */
+export const DEFAULT_CONNECT_TIMEOUT = 10_000;
+/** Default of `listen()`'s `handshakeTimeout`: 10 seconds. */
+export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
+
+/**
+ * What each side says in dask's connection handshake. We compress nothing,
+ * so a dask peer sees differing compression and sends frames uncompressed;
+ * dask reads "pickle-protocol" and ignores "python".
+ */
+const HANDSHAKE_INFO = Object.freeze({
+  compression: null,
+  python: [3, 11, 0],
+  "pickle-protocol": 5,
+});
+const RETRYABLE = new Set([
+  "ConnectionRefused",
+  "ConnectionReset",
+  "ConnectionAborted",
+  "NotFound",
+  "TimedOut",
+]);
+const BACKOFF_BASE_MS = 10;
+/** Comms accepted but not yet taken by an iterating caller. */
+const MAX_READY = 128;
+/** Pause after an accept error (such as running out of descriptors). */
+const ACCEPT_RETRY_MS = 100;
+/** How long closing a listener lets each comm flush before aborting it. */
+const LISTENER_CLOSE_GRACE_MS = 2_000;
+
+/**
+ * Opens a comm to `address` and does dask's handshake.
+ *
+ * Refused connections are retried with jittered exponential backoff until
+ * `timeout` runs out; the handshake must finish within it too.
+ *
+ * @example
+ * ```ts
+ * import { connect, listen } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using listener = await listen("tcp://127.0.0.1:0", async (comm) => {
+ *   const { n } = await comm.read() as { n: number };
+ *   await comm.write({ n: n + 1 });
+ * });
+ * await using comm = await connect(listener.contactAddress, { timeout: 5_000 });
+ * await comm.write({ n: 41 });
+ * assertEquals(await comm.read(), { n: 42 });
+ * ```
+ *
+ * @param address Where to connect, such as `tcp://127.0.0.1:8786`.
+ * @param options Timeout, signal, TLS and comm options.
+ * @returns The comm, ready for messages.
+ * @throws {AddressError} If the address is malformed or its scheme unknown.
+ * @throws {ConnectTimeoutError} If `timeout` ran out.
+ * @throws {ConnectError} If connecting failed in a way retrying cannot fix,
+ * or the peer's handshake was not dask's.
+ * @throws {RangeError} If an option is out of range.
+ */
+export async function connect(
+  address: string,
+  options: ConnectOptions = {},
+): Promise<Comm> {
+  const [backend, location] = lookupAddress(address, "connect to");
+  const timeout = checkDuration("timeout", options.timeout, DEFAULT_CONNECT_TIMEOUT);
+  const userSignal = options.signal;
+  userSignal?.throwIfAborted();
+  const deadline = performance.now() + timeout;
+  const timedOut = (what: string, cause?: unknown) =>
+    new ConnectTimeoutError(
+      `Cannot connect to "${address}": ${what} within ${timeout} ms${
+        cause === undefined ? "" : ` (last error: ${messageOf(cause)})`
+      }`,
+      { cause },
+    );
+
+  // As dask does: short first attempts, so that one lost SYN does not use
+  // up the whole timeout; then attempts as long as the time left.
+  let attemptCap = timeout / 5;
+  let attempt = 0;
+  let lastError: unknown;
+  let comm: Comm | undefined;
+  while (comm === undefined) {
+    const left = deadline - performance.now();
+    if (left <= 0) throw timedOut("no connection", lastError);
+    const { signal, clear } = timeoutSignal(Math.min(attemptCap, left), userSignal);
+    const opening = backend.connect(location, { ...options, signal });
+    try {
+      comm = await abortable(opening, signal);
+    } catch (error) {
+      opening.then((late) => late.abort(), () => {});
+      if (userSignal?.aborted) throw userSignal.reason;
+      if (signal.aborted) {
+        lastError = new Error(`an attempt took over ${Math.round(attemptCap)} ms`);
+      } else if (error instanceof Error && RETRYABLE.has(error.name)) {
+        lastError = error;
+      } else {
+        throw new ConnectError(
+          `Cannot connect to "${address}": ${messageOf(error)}`,
+          { cause: error },
+        );
+      }
+      attemptCap = timeout;
+      const wait = Math.random() *
+        Math.min(deadline - performance.now(), BACKOFF_BASE_MS * 2 ** attempt++);
+      if (wait > 0) await delay(wait, { signal: userSignal });
+    } finally {
+      clear();
+    }
+  }
+
+  const left = Math.max(0, deadline - performance.now());
+  try {
+    await handshake(comm, left, userSignal);
+  } catch (error) {
+    comm.abort(error);
+    await comm.close();
+    if (userSignal?.aborted) throw userSignal.reason;
+    if (isTimeout(error)) throw timedOut("no handshake from the peer");
+    throw new ConnectError(
+      `Cannot connect to "${address}": the handshake failed: ${messageOf(error)}`,
+      { cause: error },
+    );
+  }
+  return comm;
+}
+
+/**
+ * Listens on `address` and passes each incoming comm, after the handshake,
+ * to `handler`; without a handler, the listener is an async iterable of
+ * incoming comms.
+ *
+ * A comm passed to a handler is closed when the handler settles. Closing
+ * the listener closes every comm it accepted.
+ *
+ * @example With a handler
+ * ```ts
+ * import { connect, listen } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using listener = await listen("tcp://127.0.0.1:0", async (comm) => {
+ *   for await (const message of comm) await comm.write(message);
+ * });
+ * await using comm = await connect(listener.contactAddress);
+ * await comm.write([1, 2, 3]);
+ * assertEquals(await comm.read(), [1, 2, 3]);
+ * ```
+ *
+ * @example Iterating over incoming comms
+ * ```ts
+ * import { connect, listen } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using listener = await listen("inproc://");
+ * await using client = await connect(listener.contactAddress);
+ * for await (const comm of listener) {
+ *   await client.write("hi");
+ *   assertEquals(await comm.read(), "hi");
+ *   break;
+ * }
+ * ```
+ *
+ * @param address Where to listen: `tcp://127.0.0.1:0` (any free port),
+ * `tcp://` (every interface), `tls://…`, `unix:///path/to.sock`,
+ * `unix://` (a fresh private socket), `inproc://` (a fresh name).
+ * @param handler Serves each incoming comm.
+ * @param options Handshake timeout, error callback, TLS and comm options.
+ * @returns The listener.
+ * @throws {AddressError} If the address is malformed or its scheme unknown.
+ * @throws {Deno.errors.AddrInUse} If the address is taken.
+ */
+export function listen(
+  address: string,
+  handler?: CommHandler,
+  options?: ListenOptions,
+): Promise<Listener>;
+/**
+ * Listens on `address`; the listener is an async iterable of incoming comms.
+ *
+ * @example
+ * ```ts
+ * import { listen } from "@x/comm";
+ * import { assert } from "@std/assert";
+ *
+ * await using listener = await listen("tcp://127.0.0.1:0", { handshakeTimeout: 1_000 });
+ * assert(listener.listenAddress.startsWith("tcp://127.0.0.1:"));
+ * ```
+ *
+ * @param address Where to listen.
+ * @param options Handshake timeout, error callback, TLS and comm options.
+ * @returns The listener.
+ * @throws {AddressError} If the address is malformed or its scheme unknown.
+ */
+export function listen(address: string, options: ListenOptions): Promise<Listener>;
+export async function listen(
+  address: string,
+  handlerOrOptions?: CommHandler | ListenOptions,
+  maybeOptions?: ListenOptions,
+): Promise<Listener> {
+  let handler: CommHandler | undefined;
+  let options: ListenOptions;
+  if (typeof handlerOrOptions === "function") {
+    handler = handlerOrOptions;
+    options = maybeOptions ?? {};
+  } else if (handlerOrOptions === undefined || handlerOrOptions === null) {
+    options = maybeOptions ?? {};
+  } else if (typeof handlerOrOptions === "object") {
+    options = handlerOrOptions;
+  } else {
+    throw new TypeError(
+      `Cannot listen on "${address}": the handler is ${
+        describe(handlerOrOptions)
+      }, expected a function`,
+    );
+  }
+  const [backend, location] = lookupAddress(address, "listen on");
+  const handshakeTimeout = checkDuration(
+    "handshakeTimeout",
+    options.handshakeTimeout,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+  );
+  let inner: BackendListener;
+  try {
+    inner = await backend.listen(location, options);
+  } catch (error) {
+    if (error instanceof Error && !(error instanceof TypeError)) {
+      error.message = `Cannot listen on "${address}": ${error.message}`;
+    }
+    throw error;
+  }
+  return new CommListener(inner, handler, handshakeTimeout, options.onError);
+}
+
+/** Both sides write their handshake and read the peer's. */
+async function handshake(
+  comm: Comm,
+  timeout: number,
+  signal?: AbortSignal,
+): Promise<Record<string, unknown>> {
+  const timer = timeoutSignal(timeout, signal);
+  try {
+    const [, info] = await Promise.all([
+      comm.write(HANDSHAKE_INFO),
+      comm.read({ signal: timer.signal }),
+    ]);
+    if (typeof info !== "object" || info === null || Array.isArray(info)) {
+      throw new ProtocolError(
+        `Peer "${comm.peerAddress}" sent ${
+          describe(info)
+        } as its handshake: expected a map such as ${JSON.stringify(HANDSHAKE_INFO)}`,
+      );
+    }
+    return info as Record<string, unknown>;
+  } finally {
+    timer.clear();
+  }
+}
+
+function isTimeout(error: unknown): boolean {
+  return error instanceof DOMException && error.name === "TimeoutError";
+}
+
+class CommListener implements Listener {
+  #inner: BackendListener;
+  #handler: CommHandler | undefined;
+  #handshakeTimeout: number;
+  #onError: ((error: unknown) => void) | undefined;
+  #comms = new Set<Comm>();
+  #pruneAt = 64;
+  #tasks = new Set<Promise<void>>();
+  #ready = new Queue<Comm>();
+  #waiters = new Queue<Deferred<IteratorResult<Comm>>>();
+  #room: Deferred<void> | undefined;
+  #closed = false;
+  #closePromise: Promise<void> | undefined;
+  #acceptLoop: Promise<void>;
+
+  constructor(
+    inner: BackendListener,
+    handler: CommHandler | undefined,
+    handshakeTimeout: number,
+    onError: ((error: unknown) => void) | undefined,
+  ) {
+    this.#inner = inner;
+    this.#handler = handler;
+    this.#handshakeTimeout = handshakeTimeout;
+    this.#onError = onError;
+    this.#acceptLoop = this.#accept();
+  }
+
+  get listenAddress(): string {
+    return this.#inner.listenAddress;
+  }
+
+  get contactAddress(): string {
+    return this.#inner.contactAddress;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  close(): Promise<void> {
+    return this.#closePromise ??= this.#close();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Comm> {
+    if (this.#handler) {
+      throw new TypeError(
+        `Cannot iterate over the listener on "${this.listenAddress}": it passes comms to its handler`,
+      );
+    }
+    return {
+      next: () => this.#next(),
+      return: () => Promise.resolve({ done: true, value: undefined }),
+    };
+  }
+
+  #next(): Promise<IteratorResult<Comm>> {
+    const comm = this.#ready.shift();
+    if (comm) {
+      this.#room?.resolve();
+      return Promise.resolve({ done: false, value: comm });
+    }
+    if (this.#closed) return Promise.resolve({ done: true, value: undefined });
+    const waiter = deferred<IteratorResult<Comm>>();
+    this.#waiters.push(waiter);
+    return waiter.promise;
+  }
+
+  async #accept(): Promise<void> {
+    while (!this.#closed) {
+      if (!this.#handler && this.#ready.length >= MAX_READY) {
+        this.#room = deferred<void>();
+        await this.#room.promise;
+        this.#room = undefined;
+        continue;
+      }
+      let comm: Comm | null;
+      try {
+        comm = await this.#inner.accept();
+      } catch (error) {
+        if (this.#closed) return;
+        this.#report(error);
+        await delay(ACCEPT_RETRY_MS);
+        continue;
+      }
+      if (comm === null) return;
+      if (this.#closed) {
+        comm.abort();
+        await comm.close();
+        return;
+      }
+      this.#track(comm);
+      const task: Promise<void> = this.#serve(comm).finally(() => this.#tasks.delete(task));
+      this.#tasks.add(task);
+    }
+  }
+
+  #track(comm: Comm): void {
+    this.#comms.add(comm);
+    if (this.#comms.size >= this.#pruneAt) {
+      for (const known of this.#comms) if (known.closed) this.#comms.delete(known);
+      this.#pruneAt = Math.max(64, this.#comms.size * 2);
+    }
+  }
+
+  async #serve(comm: Comm): Promise<void> {
+    try {
+      await handshake(comm, this.#handshakeTimeout);
+    } catch (error) {
+      comm.abort(error);
+      await comm.close();
+      this.#comms.delete(comm);
+      if (!this.#closed && this.#onError) {
+        this.#onError(
+          isTimeout(error)
+            ? new ProtocolError(
+              `Comm from "${comm.peerAddress}" did not complete the handshake within ${this.#handshakeTimeout} ms`,
+            )
+            : error,
+        );
+      }
+      return;
+    }
+    if (this.#handler) {
+      try {
+        await this.#handler(comm);
+      } catch (error) {
+        if (!(this.#closed && error instanceof CommClosedError)) this.#report(error);
+      } finally {
+        this.#comms.delete(comm);
+        await closeWithin(comm, LISTENER_CLOSE_GRACE_MS);
+      }
+      return;
+    }
+    if (this.#closed) {
+      await closeWithin(comm, LISTENER_CLOSE_GRACE_MS);
+      return;
+    }
+    const waiter = this.#waiters.shift();
+    if (waiter) waiter.resolve({ done: false, value: comm });
+    else this.#ready.push(comm);
+  }
+
+  #report(error: unknown): void {
+    if (this.#onError) {
+      this.#onError(error);
+    } else {
+      console.error(`Listener on "${this.listenAddress}":`, error);
+    }
+  }
+
+  async #close(): Promise<void> {
+    this.#closed = true;
+    this.#room?.resolve();
+    await this.#inner.close();
+    await this.#acceptLoop;
+    for (const waiter of this.#waiters.drain()) {
+      waiter.resolve({ done: true, value: undefined });
+    }
+    this.#ready.drain();
+    await Promise.all(
+      [...this.#comms].map((comm) => closeWithin(comm, LISTENER_CLOSE_GRACE_MS)),
+    );
+    this.#comms.clear();
+    await Promise.all(this.#tasks);
+  }
+}
+
+/** Closes `comm`, aborting it if flushing takes longer than `ms`. */
+async function closeWithin(comm: Comm, ms: number): Promise<void> {
+  const timer = setTimeout(
+    () => comm.abort(new Error(`flushing took over ${ms} ms`)),
+    ms,
+  );
+  try {
+    await comm.close();
+  } catch {
+    // A comm that fails to close is closed all the same.
+  } finally {
+    clearTimeout(timer);
+  }
+}

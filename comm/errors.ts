@@ -1,0 +1,156 @@
+/**
+ * Error classes of the comm layer.
+ *
+ * Misuse (a bad argument) throws the built-in `TypeError` or `RangeError`;
+ * the classes here are for conditions a caller catches and handles.
+ *
+ * @module
+ */
+
+/**
+ * Raised when reading from or writing to a comm that is closed: closed by
+ * this side, closed or lost by the peer, or aborted.
+ *
+ * The `cause` carries the underlying error where there is one (for example
+ * `Deno.errors.ConnectionReset`).
+ *
+ * @example Catching a closed comm
+ * ```ts
+ * import { CommClosedError, pipe } from "@x/comm";
+ * import { assertRejects } from "@std/assert";
+ *
+ * const [a, b] = pipe();
+ * await a.close();
+ * await assertRejects(() => a.write("late"), CommClosedError);
+ * await b.close();
+ * ```
+ */
+export class CommClosedError extends Error {
+  /**
+   * Constructs a new {@linkcode CommClosedError}.
+   *
+   * @param message What was attempted and why it failed.
+   * @param options The `cause`, when another error led to this one.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "CommClosedError";
+  }
+}
+
+/**
+ * Raised when a peer sends bytes that break the wire protocol: a header that
+ * announces more than `maxMessageSize`, a malformed frame table, a message
+ * that does not decode, or a bad handshake. The comm is closed when this is
+ * raised, so it is also a {@linkcode CommClosedError}.
+ *
+ * @example Telling a protocol violation from a plain disconnect
+ * ```ts
+ * import { CommClosedError, ProtocolError } from "@x/comm";
+ * import { assert } from "@std/assert";
+ *
+ * const error = new ProtocolError("Peer sent a bad frame table");
+ * assert(error instanceof CommClosedError);
+ * ```
+ */
+export class ProtocolError extends CommClosedError {
+  /**
+   * Constructs a new {@linkcode ProtocolError}.
+   *
+   * @param message What the peer sent and why it was refused.
+   * @param options The `cause`, when another error led to this one.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ProtocolError";
+  }
+}
+
+/**
+ * Raised for a malformed address: garbage, an unknown scheme, a missing port
+ * where one is needed, or a port outside 0–65535. The message quotes the
+ * address and says what is wrong.
+ *
+ * It is a `TypeError`, since a bad address is a bad argument.
+ *
+ * @example
+ * ```ts
+ * import { AddressError, parseHostPort } from "@x/comm";
+ * import { assertThrows } from "@std/assert";
+ *
+ * assertThrows(() => parseHostPort("127.0.0.1:99999"), AddressError, "99999");
+ * ```
+ */
+export class AddressError extends TypeError {
+  /**
+   * Constructs a new {@linkcode AddressError}.
+   *
+   * @param message The address, quoted, and what is wrong with it.
+   * @param options The `cause`, when another error led to this one.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "AddressError";
+  }
+}
+
+/**
+ * Raised by `connect()` when no comm could be opened: the peer refused and
+ * the error is not one that retrying can fix (for example a TLS certificate
+ * that does not verify), or the handshake failed.
+ *
+ * @example
+ * ```ts
+ * import { ConnectError, ConnectTimeoutError } from "@x/comm";
+ * import { assert } from "@std/assert";
+ *
+ * assert(new ConnectTimeoutError("too slow") instanceof ConnectError);
+ * ```
+ */
+export class ConnectError extends Error {
+  /**
+   * Constructs a new {@linkcode ConnectError}.
+   *
+   * @param message The address, quoted, and why connecting failed.
+   * @param options The `cause`, when another error led to this one.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ConnectError";
+  }
+}
+
+/**
+ * Raised by `connect()` when its `timeout` runs out before a comm is open
+ * and its handshake done. Refused connections are retried with backoff until
+ * then; the `cause` is the last error seen.
+ *
+ * @example
+ * ```ts
+ * import { connect, ConnectTimeoutError, listen } from "@x/comm";
+ * import { assertRejects } from "@std/assert";
+ *
+ * // Reserve a free port, then free it so that nothing listens there.
+ * const listener = await listen("tcp://127.0.0.1:0");
+ * const address = listener.listenAddress;
+ * await listener.close();
+ *
+ * await assertRejects(
+ *   () => connect(address, { timeout: 100 }),
+ *   ConnectTimeoutError,
+ *   "100 ms",
+ * );
+ * ```
+ */
+export class ConnectTimeoutError extends ConnectError {
+  /**
+   * Constructs a new {@linkcode ConnectTimeoutError}.
+   *
+   * @param message The address, quoted, the time allowed, and the last error.
+   * @param options The `cause`: the last error seen while retrying.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ConnectTimeoutError";
+  }
+}

@@ -1,0 +1,503 @@
+/**
+ * {@linkcode StreamComm}: a comm over any byte stream, in dask's framing.
+ *
+ * The tcp, tls and unix backends use it; a user's backend over another byte
+ * stream (a serial line, a QUIC stream, a child's stdio) can use it too.
+ * Nothing here touches `Deno.*`: the transport is a {@linkcode ByteStream}.
+ *
+ * @module
+ */
+
+import { type Codec, createCodec } from "./_codec.ts";
+import { FrameReader, headerSize, writeHeader } from "./_framing.ts";
+import { Queue } from "./_queue.ts";
+import { checkSize, type Deferred, deferred, messageOf } from "./_util.ts";
+import { CommClosedError, ProtocolError } from "./errors.ts";
+import type { Comm, CommOptions, ReadOptions } from "./types.ts";
+
+/** Default of `maxMessageSize`: 1 GiB. */
+export const DEFAULT_MAX_MESSAGE_SIZE = 2 ** 30;
+/** Default of `highWaterMark` for stream transports: 1 MiB queued. */
+export const DEFAULT_STREAM_HIGH_WATER_MARK = 1024 * 1024;
+/** Default of `binaryFrameThreshold`: 64 KiB. */
+export const DEFAULT_BINARY_FRAME_THRESHOLD = 64 * 1024;
+
+/** Size of a coalescing write buffer. */
+const WRITE_BUFFER_BYTES = 64 * 1024;
+/** Frames up to this size are copied into the write buffer. */
+const COPY_LIMIT_BYTES = 32 * 1024;
+/** Reading pauses with this many decoded messages unread… */
+const READ_AHEAD_MESSAGES = 8192;
+/** …or this many bytes of them. */
+const READ_AHEAD_BYTES = 8 * 1024 * 1024;
+const SPARE_BUFFERS = 4;
+const RESOLVED: Promise<void> = Promise.resolve();
+
+/**
+ * The byte stream under a {@linkcode StreamComm}: the part of `Deno.Conn`
+ * it uses, so that any `Deno.Conn` is one.
+ */
+export interface ByteStream {
+  /** Reads into `buffer`; resolves with the count, or `null` at the end. */
+  read(buffer: Uint8Array): Promise<number | null>;
+  /** Writes some of `data`; resolves with how much was written. */
+  write(data: Uint8Array): Promise<number>;
+  /** Closes the stream; pending reads and writes reject. */
+  close(): void;
+}
+
+/** Options of a {@linkcode StreamComm}. */
+export interface StreamCommOptions extends CommOptions {
+  /** This end's address, as `scheme://location`. */
+  localAddress: string;
+  /** The peer's address, as `scheme://location`. */
+  peerAddress: string;
+}
+
+interface Chunk {
+  bytes: Uint8Array;
+  /** A coalescing buffer that may be reused once written. */
+  recycle: boolean;
+  /** Settled once the chunk is written (for frames sent from user memory). */
+  written?: Deferred<void>;
+}
+
+/**
+ * A comm over a {@linkcode ByteStream}, in dask's TCP framing.
+ *
+ * Writes are encoded at once and queued; queued messages are coalesced into
+ * few stream writes, one at a time, in order. Reads are done ahead: every
+ * whole message already received is decoded without awaiting between them,
+ * and reading pauses when many are left unread, so a slow consumer slows
+ * the peer down instead of filling memory.
+ *
+ * It does not do the connection handshake: `connect()` and `listen()` do.
+ *
+ * @example A comm over a pair of in-memory byte streams
+ * ```ts
+ * import { type ByteStream, StreamComm } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * // A loopback byte stream: what is written is read back.
+ * const chunks: Uint8Array[] = [];
+ * let wake: (() => void) | undefined;
+ * let open = true;
+ * const loop: ByteStream = {
+ *   async read(buffer) {
+ *     while (chunks.length === 0 && open) {
+ *       await new Promise<void>((resolve) => wake = resolve);
+ *     }
+ *     if (chunks.length === 0) return null;
+ *     const chunk = chunks.shift()!;
+ *     const n = Math.min(chunk.length, buffer.length);
+ *     buffer.set(chunk.subarray(0, n));
+ *     if (n < chunk.length) chunks.unshift(chunk.subarray(n));
+ *     return n;
+ *   },
+ *   write(data) {
+ *     chunks.push(data.slice());
+ *     wake?.();
+ *     return Promise.resolve(data.length);
+ *   },
+ *   close() {
+ *     open = false;
+ *     wake?.();
+ *   },
+ * };
+ * const comm = new StreamComm(loop, {
+ *   localAddress: "loop://a",
+ *   peerAddress: "loop://a",
+ * });
+ * await comm.write({ hello: "world" });
+ * assertEquals(await comm.read(), { hello: "world" });
+ * await comm.close();
+ * ```
+ */
+export class StreamComm implements Comm {
+  #conn: ByteStream;
+  #codec: Codec;
+  #reader: FrameReader;
+  #localAddress: string;
+  #peerAddress: string;
+  #highWaterMark: number;
+
+  // Write side.
+  #out = new Uint8Array(WRITE_BUFFER_BYTES);
+  #outView = new DataView(this.#out.buffer);
+  #outPos = 0;
+  #chunks = new Queue<Chunk>();
+  #queuedBytes = 0;
+  #flushing: Promise<void> | undefined;
+  #drainWaiters = new Queue<Deferred<void>>();
+  #inFlight: Chunk | undefined;
+  #spare: Uint8Array<ArrayBuffer>[] = [];
+
+  // Read side.
+  #inbox = new Queue<unknown>();
+  #inboxSizes = new Queue<number>();
+  #inboxBytes = 0;
+  #readers = new Queue<Deferred<unknown>>();
+  #readLoop: Promise<void>;
+  #paused = false;
+
+  // Life cycle.
+  #closing = false;
+  #ended: CommClosedError | undefined;
+  /** Whether the end was orderly (closed by either side), not an error. */
+  #orderly = false;
+  #closePromise: Promise<void> | undefined;
+
+  /**
+   * Wraps a byte stream. Reading starts at once.
+   *
+   * @param conn The byte stream, such as a `Deno.Conn`.
+   * @param options The addresses of both ends and the comm options.
+   * @throws {RangeError} If a size option is not a positive whole number.
+   */
+  constructor(conn: ByteStream, options: StreamCommOptions) {
+    this.#conn = conn;
+    this.#localAddress = options.localAddress;
+    this.#peerAddress = options.peerAddress;
+    this.#highWaterMark = checkSize(
+      "highWaterMark",
+      options.highWaterMark,
+      DEFAULT_STREAM_HIGH_WATER_MARK,
+    );
+    this.#reader = new FrameReader(
+      checkSize("maxMessageSize", options.maxMessageSize, DEFAULT_MAX_MESSAGE_SIZE),
+    );
+    this.#codec = createCodec({
+      binaryFrameThreshold: checkSize(
+        "binaryFrameThreshold",
+        options.binaryFrameThreshold,
+        DEFAULT_BINARY_FRAME_THRESHOLD,
+      ),
+    });
+    this.#readLoop = this.#runReadLoop();
+  }
+
+  /** This end's address. */
+  get localAddress(): string {
+    return this.#localAddress;
+  }
+
+  /** The peer's address. */
+  get peerAddress(): string {
+    return this.#peerAddress;
+  }
+
+  /** Whether the comm is closed (messages received may still be read). */
+  get closed(): boolean {
+    return this.#closing || this.#ended !== undefined;
+  }
+
+  /**
+   * Reads the next message.
+   *
+   * @param options A signal to stop waiting.
+   * @returns The message.
+   * @throws {CommClosedError} If the comm is closed and nothing is left.
+   */
+  read(options?: ReadOptions): Promise<unknown> {
+    if (this.#inbox.length > 0 && !this.#closing) {
+      return Promise.resolve(this.#take());
+    }
+    if (this.#ended) return Promise.reject(this.#ended);
+    if (this.#closing) return Promise.reject(this.#closedError());
+    const signal = options?.signal;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const reader = deferred<unknown>();
+    this.#readers.push(reader);
+    if (this.#paused) this.#resume();
+    if (!signal) return reader.promise;
+    const onAbort = () => {
+      if (this.#readers.remove(reader)) reader.reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    return reader.promise.finally(() => signal.removeEventListener("abort", onAbort));
+  }
+
+  /**
+   * Queues a message for sending.
+   *
+   * @param message The message.
+   * @throws {CommClosedError} If the comm is closed.
+   * @throws {TypeError} If the message cannot be encoded.
+   */
+  write(message: unknown): Promise<void> {
+    if (this.#ended) return Promise.reject(this.#ended);
+    if (this.#closing) return Promise.reject(this.#closedError());
+    let frames: Uint8Array[];
+    try {
+      frames = this.#codec.encode(message);
+    } catch (error) {
+      return Promise.reject(
+        new TypeError(
+          `Cannot write a message to "${this.#peerAddress}": ${messageOf(error)}`,
+          { cause: error },
+        ),
+      );
+    }
+    let size = headerSize(frames.length);
+    this.#reserve(size);
+    this.#outPos += writeHeader(this.#outView, this.#outPos, frames);
+    let external: Chunk | undefined;
+    for (let i = 0; i < frames.length; i++) {
+      const frame = frames[i];
+      const length = frame.byteLength;
+      size += length;
+      if (length <= COPY_LIMIT_BYTES) {
+        this.#reserve(length);
+        this.#out.set(frame, this.#outPos);
+        this.#outPos += length;
+      } else {
+        this.#seal();
+        // Frame 0 is a view of the encoder's buffer, reused by the next
+        // encode: it must be copied. Other frames are the caller's binaries.
+        const chunk: Chunk = { bytes: i === 0 ? frame.slice() : frame, recycle: false };
+        if (i > 0) external = chunk;
+        this.#chunks.push(chunk);
+      }
+    }
+    this.#queuedBytes += size;
+    this.#flushing ??= this.#flush();
+    if (external) {
+      external.written = deferred<void>();
+      return external.written.promise;
+    }
+    if (this.#queuedBytes <= this.#highWaterMark) return RESOLVED;
+    const waiter = deferred<void>();
+    this.#drainWaiters.push(waiter);
+    return waiter.promise;
+  }
+
+  /** Sends everything queued, then closes the stream. Idempotent. */
+  close(): Promise<void> {
+    return this.#closePromise ??= this.#close();
+  }
+
+  /**
+   * Closes the stream now, dropping what is queued.
+   *
+   * @param reason Why; attached as the cause of the errors pending calls get.
+   */
+  abort(reason?: unknown): void {
+    if (this.#ended) return;
+    this.#closing = true;
+    this.#end(
+      new CommClosedError(
+        `Comm to "${this.#peerAddress}" was aborted${
+          reason === undefined ? "" : `: ${messageOf(reason)}`
+        }`,
+        { cause: reason },
+      ),
+      true,
+    );
+    this.#closePromise ??= this.#settle();
+  }
+
+  /** Iterates over incoming messages until the comm closes. */
+  async *[Symbol.asyncIterator](): AsyncIterator<unknown> {
+    while (true) {
+      let message: unknown;
+      try {
+        message = await this.read();
+      } catch (error) {
+        if (this.#orderly && error === this.#ended) return;
+        if (this.#closing && !this.#ended) return;
+        throw error;
+      }
+      yield message;
+    }
+  }
+
+  /** Closes the comm, so that `await using` works. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  #closedError(): CommClosedError {
+    return this.#ended ??
+      new CommClosedError(`Comm to "${this.#peerAddress}" is closed`);
+  }
+
+  #take(): unknown {
+    const message = this.#inbox.shift();
+    this.#inboxBytes -= this.#inboxSizes.shift()!;
+    if (
+      this.#paused && this.#inbox.length <= READ_AHEAD_MESSAGES / 2 &&
+      this.#inboxBytes <= READ_AHEAD_BYTES / 2
+    ) {
+      this.#resume();
+    }
+    return message;
+  }
+
+  #resume(): void {
+    if (!this.#paused || this.#ended || this.#closing) return;
+    this.#paused = false;
+    this.#readLoop = this.#runReadLoop();
+  }
+
+  async #runReadLoop(): Promise<void> {
+    const reader = this.#reader;
+    const codec = this.#codec;
+    try {
+      while (!this.#closing && !this.#ended) {
+        if (
+          this.#readers.length === 0 &&
+          (this.#inbox.length >= READ_AHEAD_MESSAGES ||
+            this.#inboxBytes >= READ_AHEAD_BYTES)
+        ) {
+          this.#paused = true;
+          return;
+        }
+        const n = await this.#conn.read(reader.space());
+        if (n === null) {
+          this.#onEndOfStream();
+          return;
+        }
+        reader.commit(n);
+        let frames: Uint8Array[] | undefined;
+        while ((frames = reader.next()) !== undefined) {
+          const message = codec.decode(frames);
+          let size = 0;
+          for (const frame of frames) size += frame.byteLength;
+          const waiting = this.#readers.shift();
+          if (waiting) {
+            waiting.resolve(message);
+          } else {
+            this.#inbox.push(message);
+            this.#inboxSizes.push(size);
+            this.#inboxBytes += size;
+          }
+        }
+      }
+    } catch (error) {
+      if (this.#ended || (this.#closing && !(error instanceof ProtocolError))) {
+        return;
+      }
+      this.#end(this.#lost(error), false);
+    }
+  }
+
+  #onEndOfStream(): void {
+    const pending = this.#reader.pendingBytes;
+    if (pending > 0) {
+      const needed = this.#reader.neededBytes;
+      this.#end(
+        new CommClosedError(
+          `Connection to "${this.#peerAddress}" ended in the middle of a message (${pending}${
+            needed ? ` of ${needed}` : ""
+          } bytes received)`,
+        ),
+        false,
+      );
+    } else {
+      this.#end(
+        new CommClosedError(`Comm to "${this.#peerAddress}" was closed by the peer`),
+        true,
+      );
+    }
+  }
+
+  #lost(error: unknown): CommClosedError {
+    if (error instanceof ProtocolError) {
+      return new ProtocolError(
+        `Closed the comm to "${this.#peerAddress}": ${error.message}`,
+        { cause: error },
+      );
+    }
+    return new CommClosedError(
+      `Lost the connection to "${this.#peerAddress}": ${messageOf(error)}`,
+      { cause: error },
+    );
+  }
+
+  /** Makes room for `n` bytes in the coalescing buffer. */
+  #reserve(n: number): void {
+    if (this.#outPos + n <= this.#out.length) return;
+    this.#seal();
+    if (n > this.#out.length) {
+      this.#out = new Uint8Array(n);
+      this.#outView = new DataView(this.#out.buffer);
+    }
+  }
+
+  /** Queues the coalescing buffer's bytes and starts a fresh buffer. */
+  #seal(): void {
+    if (this.#outPos === 0) return;
+    this.#chunks.push({
+      bytes: this.#out.subarray(0, this.#outPos),
+      recycle: this.#out.length === WRITE_BUFFER_BYTES,
+    });
+    this.#out = this.#spare.pop() ?? new Uint8Array(WRITE_BUFFER_BYTES);
+    this.#outView = new DataView(this.#out.buffer);
+    this.#outPos = 0;
+  }
+
+  async #flush(): Promise<void> {
+    // Yield once so that every write made in this turn goes out together.
+    await undefined;
+    try {
+      while (!this.#ended) {
+        if (this.#chunks.length === 0) {
+          if (this.#outPos === 0) break;
+          this.#seal();
+        }
+        const chunk = this.#chunks.shift()!;
+        const bytes = chunk.bytes;
+        this.#inFlight = chunk;
+        let written = await this.#conn.write(bytes);
+        while (written < bytes.length) {
+          written += await this.#conn.write(bytes.subarray(written));
+        }
+        this.#inFlight = undefined;
+        this.#queuedBytes -= bytes.length;
+        if (chunk.recycle && this.#spare.length < SPARE_BUFFERS) {
+          this.#spare.push(new Uint8Array(bytes.buffer as ArrayBuffer, 0, WRITE_BUFFER_BYTES));
+        }
+        chunk.written?.resolve();
+        if (this.#queuedBytes <= this.#highWaterMark) {
+          for (let w; (w = this.#drainWaiters.shift());) w.resolve();
+        }
+      }
+    } catch (error) {
+      if (!this.#ended) this.#end(this.#lost(error), false);
+    } finally {
+      this.#flushing = undefined;
+    }
+  }
+
+  async #close(): Promise<void> {
+    this.#closing = true;
+    while (this.#flushing) await this.#flushing;
+    this.#end(new CommClosedError(`Comm to "${this.#peerAddress}" is closed`), true);
+    await this.#settle();
+  }
+
+  /** Waits for the read and write loops to stop. */
+  async #settle(): Promise<void> {
+    await this.#readLoop;
+    while (this.#flushing) await this.#flushing;
+  }
+
+  /** Ends the comm: closes the stream and fails every pending call. */
+  #end(error: CommClosedError, orderly: boolean): void {
+    if (this.#ended) return;
+    this.#ended = error;
+    this.#orderly = orderly;
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed by the runtime (for example after a reset).
+    }
+    for (const reader of this.#readers.drain()) reader.reject(error);
+    for (const waiter of this.#drainWaiters.drain()) waiter.reject(error);
+    this.#inFlight?.written?.reject(error);
+    this.#inFlight = undefined;
+    for (const chunk of this.#chunks.drain()) chunk.written?.reject(error);
+    this.#outPos = 0;
+    this.#queuedBytes = 0;
+  }
+}

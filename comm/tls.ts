@@ -1,0 +1,93 @@
+/**
+ * The `tls` backend: TCP with `Deno.connectTls` and `Deno.listenTls`.
+ *
+ * Certificates and keys are PEM strings (`caCerts`, `cert`, `key`). A
+ * client can present a certificate; a Deno listener cannot request or
+ * verify client certificates, so mutual TLS is one-sided here.
+ *
+ * @module
+ */
+
+import { unparseHostPort } from "./addressing.ts";
+import { abortable } from "./_util.ts";
+import { concreteHost, ConnListener } from "./_conn_listener.ts";
+import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
+import { StreamComm } from "./stream_comm.ts";
+import { connectHostPort, hostPortHelpers, listenHostPort, netAddress } from "./tcp.ts";
+import type { Comm, ListenOptions } from "./types.ts";
+
+/**
+ * The `tls` backend, registered under `tls`.
+ *
+ * @example
+ * ```ts
+ * import { getBackend, tlsBackend } from "@x/comm";
+ * import { assertStrictEquals } from "@std/assert";
+ *
+ * assertStrictEquals(getBackend("tls"), tlsBackend);
+ * ```
+ */
+export const tlsBackend: Backend = {
+  async connect(location: string, options: BackendConnectOptions): Promise<Comm> {
+    const [hostname, port] = connectHostPort("tls", location);
+    const { caCerts, cert, key, signal } = options;
+    if ((cert === undefined) !== (key === undefined)) {
+      throw new TypeError(
+        `Cannot connect to "tls://${location}": a client certificate needs both "cert" and "key"`,
+      );
+    }
+    // Deno.connectTls takes no signal: race it, and close a late connection.
+    const opening = Deno.connectTls({
+      hostname,
+      port,
+      caCerts,
+      ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
+    });
+    let conn: Deno.TlsConn;
+    try {
+      conn = await abortable(opening, signal);
+      await abortable(conn.handshake(), signal);
+    } catch (error) {
+      opening.then((late) => {
+        try {
+          late.close();
+        } catch {
+          // Already closed.
+        }
+      }, () => {});
+      throw error;
+    }
+    return new StreamComm(conn, {
+      ...options,
+      localAddress: netAddress("tls", conn.localAddr),
+      peerAddress: `tls://${unparseHostPort(hostname, port)}`,
+    });
+  },
+
+  listen(location: string, options: ListenOptions): Promise<BackendListener> {
+    const { cert, key } = options;
+    if (typeof cert !== "string" || typeof key !== "string") {
+      throw new TypeError(
+        `Cannot listen on "tls://${location}": the tls backend needs "cert" and "key" options (PEM strings)`,
+      );
+    }
+    const [hostname, port] = listenHostPort(location);
+    const listener = Deno.listenTls({ hostname, port, cert, key });
+    const bound = listener.addr;
+    return Promise.resolve(
+      new ConnListener(listener, {
+        listenAddress: netAddress("tls", bound),
+        contactAddress: `tls://${
+          unparseHostPort(concreteHost(bound.hostname, options.contactHost), bound.port)
+        }`,
+        addresses: (conn) => ({
+          localAddress: netAddress("tls", conn.localAddr),
+          peerAddress: netAddress("tls", conn.remoteAddr),
+        }),
+        options,
+      }),
+    );
+  },
+
+  ...hostPortHelpers("tls"),
+};

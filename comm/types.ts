@@ -1,0 +1,215 @@
+/**
+ * The public shapes of the comm layer: {@linkcode Comm}, {@linkcode Listener}
+ * and their options. `connect()` and `listen()` are in `core.ts`.
+ *
+ * @module
+ */
+
+/** Options for reading one message. */
+export interface ReadOptions {
+  /**
+   * Stops waiting when aborted: the read rejects with the signal's reason
+   * and the comm stays open (no message is lost; the next read gets it).
+   */
+  signal?: AbortSignal;
+}
+
+/**
+ * A bidirectional channel of whole messages to one peer.
+ *
+ * A message is any msgpack value: `null`, booleans, numbers, strings,
+ * `Uint8Array`, arrays and plain objects of these, plus `Set` and `Date`.
+ * Over stream transports, a `Uint8Array` of at least `binaryFrameThreshold`
+ * bytes travels as a frame of its own, without being copied into the
+ * msgpack body. Over `inproc`, messages are passed by reference.
+ *
+ * Reading from or writing to a closed comm, or one whose peer went away,
+ * rejects with `CommClosedError`. Concurrent writes never interleave.
+ *
+ * @example Echo over an in-process pipe
+ * ```ts
+ * import { pipe } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const [client, server] = pipe();
+ * await client.write({ op: "echo", data: [1, 2, 3] });
+ * await server.write(await server.read());
+ * assertEquals(await client.read(), { op: "echo", data: [1, 2, 3] });
+ * await client.close();
+ * await server.close();
+ * ```
+ */
+export interface Comm extends AsyncIterable<unknown>, AsyncDisposable {
+  /** This end's address, such as `tcp://127.0.0.1:53124`. */
+  readonly localAddress: string;
+  /** The peer's address, such as `tcp://127.0.0.1:8786`. */
+  readonly peerAddress: string;
+  /**
+   * Whether the comm is closed: by `close()` or `abort()`, by the peer, or
+   * after an error. Messages already received can still be read.
+   */
+  readonly closed: boolean;
+  /**
+   * Reads the next message.
+   *
+   * @param options A signal to stop waiting.
+   * @returns The message.
+   * @throws {CommClosedError} If the comm is closed and no message is left;
+   * a `ProtocolError` if the peer broke the wire protocol.
+   */
+  read(options?: ReadOptions): Promise<unknown>;
+  /**
+   * Queues a message for sending.
+   *
+   * Resolves once the message is queued, so that a loop of awaited writes
+   * is coalesced into few socket writes. With more than `highWaterMark`
+   * queued, it waits until the queue drains. A message that carries large
+   * binaries as separate frames resolves once those frames are written,
+   * because they are sent from the caller's memory without a copy.
+   *
+   * @param message The message.
+   * @throws {CommClosedError} If the comm is closed.
+   * @throws {TypeError} If the message cannot be encoded (the comm stays
+   * open).
+   */
+  write(message: unknown): Promise<void>;
+  /**
+   * Sends everything queued, then closes. Idempotent; after `abort()`, it
+   * resolves once the transport is released.
+   */
+  close(): Promise<void>;
+  /**
+   * Closes now, dropping what is queued; pending reads and writes reject
+   * with `CommClosedError` (its cause is `reason`, when given).
+   *
+   * @param reason Why the comm was aborted.
+   */
+  abort(reason?: unknown): void;
+  /** Iterates over incoming messages until the comm closes. */
+  [Symbol.asyncIterator](): AsyncIterator<unknown>;
+  /** Closes the comm, so that `await using` works. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * Accepts comms on an address. Without a handler, it is an async iterable
+ * of incoming comms; with one, each comm is passed to the handler.
+ *
+ * Closing a listener stops accepting and closes the comms it accepted.
+ *
+ * @example
+ * ```ts
+ * import { connect, listen } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using listener = await listen("tcp://127.0.0.1:0", async (comm) => {
+ *   for await (const message of comm) await comm.write(message);
+ * });
+ * await using comm = await connect(listener.contactAddress);
+ * await comm.write("hello");
+ * assertEquals(await comm.read(), "hello");
+ * ```
+ */
+export interface Listener extends AsyncIterable<Comm>, AsyncDisposable {
+  /** The address bound, such as `tcp://0.0.0.0:8786`. */
+  readonly listenAddress: string;
+  /**
+   * An address a peer can connect to, even when bound to every interface
+   * (`tcp://` or `tcp://:0`).
+   */
+  readonly contactAddress: string;
+  /** Whether the listener is closed. */
+  readonly closed: boolean;
+  /**
+   * Stops accepting, closes the comms this listener accepted, and waits for
+   * running handlers to finish. Idempotent.
+   */
+  close(): Promise<void>;
+  /** Iterates over incoming comms (only when there is no handler). */
+  [Symbol.asyncIterator](): AsyncIterator<Comm>;
+  /** Closes the listener, so that `await using` works. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** A function that serves one incoming comm. */
+export type CommHandler = (comm: Comm) => void | Promise<void>;
+
+/** Options of a comm, for both `connect()` and `listen()`. */
+export interface CommOptions {
+  /**
+   * The largest message accepted from the peer, in bytes. A peer that
+   * announces more gets its comm closed with a `ProtocolError`, and nothing
+   * of that size is allocated.
+   *
+   * @default {1073741824}
+   */
+  maxMessageSize?: number;
+  /**
+   * How much may wait in the send queue before `write()` waits: bytes for
+   * stream transports, messages for `inproc`.
+   *
+   * @default {1048576} (stream), 1024 (inproc)
+   */
+  highWaterMark?: number;
+  /**
+   * Binaries (`Uint8Array` and other typed arrays) of at least this many
+   * bytes are sent as separate frames, without a copy, in dask's
+   * `__Serialized__` form. Smaller ones are inlined in the msgpack body.
+   *
+   * @default {65536}
+   */
+  binaryFrameThreshold?: number;
+}
+
+/**
+ * TLS settings for the `tls` scheme, in PEM. Other schemes ignore them.
+ *
+ * Deno can present a client certificate (`cert` and `key` on `connect()`),
+ * but a Deno listener cannot request or verify client certificates.
+ */
+export interface TlsOptions {
+  /** Certificates to trust beyond the system's roots (PEM). */
+  caCerts?: string[];
+  /** Certificate chain: the server's (required to listen) or the client's. */
+  cert?: string;
+  /** Private key for `cert`. */
+  key?: string;
+}
+
+/** Options for `connect()`. */
+export interface ConnectOptions extends CommOptions, TlsOptions {
+  /**
+   * Milliseconds to keep trying: refused connections are retried with
+   * jittered exponential backoff, and the handshake must finish in this
+   * time too.
+   *
+   * @default {10000}
+   */
+  timeout?: number;
+  /** Aborts connecting; the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** Options for `listen()`. */
+export interface ListenOptions extends CommOptions, TlsOptions {
+  /**
+   * Milliseconds an incoming comm has to complete its handshake before it
+   * is closed, so that a silent peer cannot hold resources.
+   *
+   * @default {10000}
+   */
+  handshakeTimeout?: number;
+  /**
+   * The host to put in `contactAddress` when bound to every interface.
+   * Without it, the first non-loopback interface is used when the `sys`
+   * permission allows listing interfaces, and loopback otherwise.
+   */
+  contactHost?: string;
+  /**
+   * Called with errors that have no caller to go to: a handler that threw,
+   * or an incoming comm that failed its handshake. By default, handler
+   * errors are printed with `console.error` and failed handshakes are
+   * ignored.
+   */
+  onError?: (error: unknown) => void;
+}
