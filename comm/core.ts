@@ -112,6 +112,8 @@ export async function connect(
     } catch (error) {
       opening.then((late) => late.abort(), () => {});
       if (userSignal?.aborted) throw userSignal.reason;
+      // Misuse (a bad address or option) is reported as it is.
+      if (error instanceof TypeError || error instanceof RangeError) throw error;
       if (signal.aborted) {
         lastError = new Error(`an attempt took over ${Math.round(attemptCap)} ms`);
       } else if (error instanceof Error && RETRYABLE.has(error.name)) {

@@ -1,0 +1,235 @@
+import { assert, assertEquals, assertInstanceOf, assertThrows } from "@std/assert";
+import { Encoder } from "@msgpack/msgpack";
+import { createCodec } from "../comm/_codec.ts";
+import { FrameReader, headerSize, setU64, writeHeader } from "../comm/_framing.ts";
+import { ProtocolError, Serialized } from "../mod.ts";
+
+const MAX = 1 << 20;
+
+/** One message in dask 2022 framing, as bytes. */
+function frame(frames: Uint8Array[]): Uint8Array {
+  const size = headerSize(frames.length) + frames.reduce((n, f) => n + f.length, 0);
+  const out = new Uint8Array(size);
+  let at = writeHeader(new DataView(out.buffer), 0, frames);
+  for (const f of frames) {
+    out.set(f, at);
+    at += f.length;
+  }
+  return out;
+}
+
+/** Feeds `bytes` to a reader in pieces of `step` bytes; returns every message. */
+function feed(reader: FrameReader, bytes: Uint8Array, step: number): Uint8Array[][] {
+  const messages: Uint8Array[][] = [];
+  for (let at = 0; at < bytes.length;) {
+    const space = reader.space();
+    const n = Math.min(step, space.length, bytes.length - at);
+    space.set(bytes.subarray(at, at + n));
+    reader.commit(n);
+    at += n;
+    for (let m; (m = reader.next());) messages.push(m.map((f) => f.slice()));
+  }
+  return messages;
+}
+
+Deno.test("FrameReader.next() cuts messages split at every point", () => {
+  const a = frame([new Uint8Array([1, 2, 3])]);
+  const b = frame([new Uint8Array(0), new Uint8Array([9]), new Uint8Array(300).fill(7)]);
+  const stream = new Uint8Array([...a, ...b, ...a]);
+  for (const step of [1, 2, 3, 7, 8, 16, 17, 100, stream.length]) {
+    const messages = feed(new FrameReader(MAX), stream, step);
+    assertEquals(messages.length, 3, `step ${step}`);
+    assertEquals(messages[0], [new Uint8Array([1, 2, 3])]);
+    assertEquals(messages[1][2], new Uint8Array(300).fill(7));
+    assertEquals(messages[2], messages[0]);
+  }
+});
+
+Deno.test("FrameReader.next() trusts frame lengths over the total, as newer dask needs", () => {
+  // dask 2023.11+ writes a first length covering only the prelude and the
+  // first frames; the frame lengths say where the message ends.
+  const frames = [new Uint8Array([1]), new Uint8Array(5000).fill(3)];
+  const bytes = frame(frames);
+  setU64(new DataView(bytes.buffer), 0, headerSize(2) - 8 + 1);
+  const messages = feed(new FrameReader(MAX), new Uint8Array([...bytes, ...bytes]), 999);
+  assertEquals(messages.length, 2);
+  assertEquals(messages[1][1].length, 5000);
+});
+
+Deno.test("FrameReader.next() refuses a total over maxMessageSize before allocating", () => {
+  for (const total of [MAX + 1, 2 ** 40, 2 ** 63]) {
+    const header = new Uint8Array(16);
+    const view = new DataView(header.buffer);
+    view.setBigUint64(0, BigInt(total), true);
+    view.setBigUint64(8, 1n, true);
+    const reader = new FrameReader(MAX);
+    reader.space().set(header);
+    reader.commit(16);
+    assertThrows(() => reader.next(), ProtocolError, "more than maxMessageSize (1048576)");
+    // Nothing was sized after the lie: the next read buffer stays small.
+    assert(reader.space().length <= 256 * 1024);
+  }
+});
+
+Deno.test("FrameReader.next() refuses frame tables that do not fit", () => {
+  const cases: [bigint, bigint, string][] = [
+    [8n, 0n, "0 frames cannot fit"],
+    [16n, 5n, "5 frames cannot fit in the 16 bytes"],
+    [64n, 2n ** 62n, "frames cannot fit"],
+  ];
+  for (const [total, count, message] of cases) {
+    const header = new Uint8Array(16);
+    const view = new DataView(header.buffer);
+    view.setBigUint64(0, total, true);
+    view.setBigUint64(8, count, true);
+    const reader = new FrameReader(MAX);
+    reader.space().set(header);
+    reader.commit(16);
+    assertThrows(() => reader.next(), ProtocolError, message);
+  }
+});
+
+Deno.test("FrameReader.next() refuses frame lengths adding up past maxMessageSize", () => {
+  const header = new Uint8Array(32);
+  const view = new DataView(header.buffer);
+  view.setBigUint64(0, 24n, true);
+  view.setBigUint64(8, 2n, true);
+  view.setBigUint64(16, BigInt(MAX), true);
+  view.setBigUint64(24, 2n ** 63n, true);
+  const reader = new FrameReader(MAX);
+  reader.space().set(header);
+  reader.commit(32);
+  assertThrows(() => reader.next(), ProtocolError, "frame lengths adding up to");
+});
+
+Deno.test("FrameReader.space() reads a large frame in place", () => {
+  const payload = new Uint8Array(600_000).map((_, i) => i % 251);
+  const bytes = frame([new Uint8Array([1]), payload]);
+  const reader = new FrameReader(MAX);
+  let message: Uint8Array[] | undefined;
+  let reads = 0;
+  for (let at = 0; at < bytes.length && reads < 100; reads++) {
+    const space = reader.space();
+    const n = Math.min(space.length, bytes.length - at);
+    space.set(bytes.subarray(at, at + n));
+    reader.commit(n);
+    at += n;
+    message = reader.next() ?? message;
+  }
+  if (!message) throw new Error("no message");
+  assertEquals(message[1], payload);
+  // After the header is known, one buffer holds the whole message: the
+  // payload is a view into it, and at most a couple of reads were needed.
+  assert(reads <= 3, `took ${reads} reads`);
+});
+
+Deno.test("Codec round-trips msgpack values", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  const values = [
+    null,
+    true,
+    0,
+    -1,
+    2 ** 40,
+    1.5,
+    "",
+    "héllo ✓",
+    [1, [2, [3]]],
+    { a: { b: [null, "x"] } },
+    new Uint8Array([1, 2, 3]),
+    new Set([1, "two"]),
+    { nested: new Set([new Uint8Array(2000)]) },
+  ];
+  for (const value of values) {
+    const frames = codec.encode(value).map((f) => f.slice());
+    assertEquals(codec.decode(frames), value);
+  }
+});
+
+Deno.test("Codec sends large binaries as dask __Serialized__ frames", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  const big = new Uint8Array(4096).fill(5);
+  const frames = codec.encode({ data: big, small: new Uint8Array(10) }).map((f) => f);
+  assertEquals(frames.length, 3);
+  assert(frames[2] === big, "the payload frame is the caller's array, not a copy");
+  const decoded = createCodec({ binaryFrameThreshold: 1024 }).decode(
+    frames.map((f) => f.slice()),
+  ) as { data: Uint8Array };
+  assertEquals(decoded.data, big);
+  const header = codec.decode([frames[1]]) as Record<string, unknown>;
+  assertEquals(header.serializer, "dask");
+  assertEquals(header.type, "bytes");
+  assertEquals(header["num-sub-frames"], 1);
+});
+
+Deno.test("Codec joins dask bytes split into several sub-frames", () => {
+  const encoder = new Encoder();
+  const body = encoder.encode({ x: { __Serialized__: 1 } });
+  const header = encoder.encode({
+    serializer: "dask",
+    type: "bytes",
+    "split-num-sub-frames": [2],
+    "split-offsets": [0],
+    compression: [null, null],
+    "num-sub-frames": 2,
+  });
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  const decoded = codec.decode([
+    body,
+    header,
+    new Uint8Array([1, 2]),
+    new Uint8Array([3]),
+  ]) as { x: Uint8Array };
+  assertEquals(decoded.x, new Uint8Array([1, 2, 3]));
+});
+
+Deno.test("Codec keeps payloads it cannot decode as Serialized, and writes them back", () => {
+  const encoder = new Encoder();
+  const body = encoder.encode({ obj: { __Pickled__: 1 }, arr: { __Serialized__: 3 } });
+  const pickled = encoder.encode({ "pickled-obj": new Uint8Array([0x80, 5]), "num-sub-frames": 1 });
+  const numpy = encoder.encode({ serializer: "dask", type: "numpy.ndarray", "num-sub-frames": 1 });
+  const frames = [body, pickled, new Uint8Array([9]), numpy, new Uint8Array([4, 4])];
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  const decoded = codec.decode(frames) as Record<string, Serialized>;
+  assertInstanceOf(decoded.obj, Serialized);
+  assertEquals(decoded.obj.kind, "__Pickled__");
+  assertEquals(decoded.obj.frames, [new Uint8Array([9])]);
+  assertEquals(decoded.arr.header.type, "numpy.ndarray");
+  // Passing through: the payloads go out as they came in.
+  const again = codec.decode(codec.encode(decoded).map((f) => f.slice())) as Record<
+    string,
+    Serialized
+  >;
+  assertEquals(again.obj.frames, [new Uint8Array([9])]);
+  assertEquals(again.arr.frames, [new Uint8Array([4, 4])]);
+  assertEquals(again.arr.header.type, "numpy.ndarray");
+});
+
+Deno.test("Codec refuses bad references and bad msgpack with ProtocolError", () => {
+  const encoder = new Encoder();
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  const header = encoder.encode({ serializer: "dask", type: "bytes", "num-sub-frames": 5 });
+  assertThrows(
+    () => codec.decode([encoder.encode({ __Serialized__: 7 }), header]),
+    ProtocolError,
+    "reference to frame 7",
+  );
+  assertThrows(
+    () => codec.decode([encoder.encode({ __Serialized__: 1 }), header]),
+    ProtocolError,
+    "announcing 5 sub-frames",
+  );
+  assertThrows(
+    () => codec.decode([encoder.encode({ __Serialized__: 1 }), new Uint8Array([0xc1])]),
+    ProtocolError,
+    "not valid msgpack",
+  );
+  assertThrows(() => codec.decode([new Uint8Array([0xc1])]), ProtocolError, "not valid msgpack");
+  assertThrows(() => codec.decode([new Uint8Array([0x92, 1])]), ProtocolError);
+});
+
+Deno.test("Codec refuses values msgpack cannot carry with a TypeError", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  assertThrows(() => codec.encode(new Map([[{}, 1]])), TypeError, "Map with a object key");
+  assertEquals(codec.decode(codec.encode(new Map([["a", 1]]))), { a: 1 });
+});
