@@ -31,6 +31,8 @@ for (const message of messages) {
 }
 
 function summarize(value: unknown): string {
-  return JSON.stringify(value, (_key, item) =>
-    item instanceof Uint8Array ? `<${item.length} bytes>` : item);
+  return JSON.stringify(
+    value,
+    (_key, item) => item instanceof Uint8Array ? `<${item.length} bytes>` : item,
+  );
 }

@@ -102,7 +102,7 @@ for (const row of rows) {
       row.roundTripsPerSecond.toLocaleString("en-US").padEnd(18) +
       (row.transport === "inproc"
         ? "(by reference)"
-        : row.megabytesPerSecond.toLocaleString("en-US")).padEnd(18) + row.address,
+        : row.megabytesPerSecond.toLocaleString("en-US")).padEnd(18) +
+      row.address,
   );
 }
-
