@@ -60,11 +60,82 @@ const PICKLED_BYTES_TYPE = new Uint8Array([
 ]);
 const BINARY_TYPES = new Set(["bytes", "bytearray", "memoryview"]);
 
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
+const MIN_INT64 = -(2n ** 63n);
+const MAX_UINT64 = 2n ** 64n - 1n;
+
+// The parts of @msgpack/msgpack 3.x that the codec adjusts (see below).
+interface EncoderInternals {
+  doEncode(object: unknown, depth: number): void;
+  encodeBigInt64(object: bigint): void;
+}
+interface DecoderInternals {
+  readU64(): number | bigint;
+  readI64(): number | bigint;
+  readU64AsBigInt(): bigint;
+  readI64AsBigInt(): bigint;
+}
+
+/**
+ * An encoder that also writes `bigint` as msgpack int64/uint64, while
+ * numbers keep their usual encoding (the library's `useBigInt64` option
+ * would turn integers of 2^32 and more into floats, which Python reads as
+ * floats).
+ */
+function createEncoder(): Encoder {
+  const encoder = new Encoder();
+  const internals = encoder as unknown as EncoderInternals;
+  const doEncode = internals.doEncode;
+  if (typeof doEncode !== "function" || typeof internals.encodeBigInt64 !== "function") {
+    throw new Error("Unsupported @msgpack/msgpack version: expected 3.x internals");
+  }
+  internals.doEncode = function (this: EncoderInternals, object, depth) {
+    if (typeof object === "bigint") this.encodeBigInt64(object);
+    else doEncode.call(this, object, depth);
+  };
+  return encoder;
+}
+
+/**
+ * A decoder that reads 64-bit integers exactly: as numbers when they are
+ * safe integers, as `bigint` beyond ±2^53 (instead of rounding silently).
+ * Map keys that are neither strings nor numbers (a Python tuple key) become
+ * their JSON text rather than failing the whole message.
+ */
+function createDecoder(): Decoder {
+  const decoder = new Decoder({ mapKeyConverter: convertMapKey });
+  const internals = decoder as unknown as DecoderInternals;
+  const readU64AsBigInt = internals.readU64AsBigInt;
+  const readI64AsBigInt = internals.readI64AsBigInt;
+  if (typeof readU64AsBigInt !== "function" || typeof readI64AsBigInt !== "function") {
+    throw new Error("Unsupported @msgpack/msgpack version: expected 3.x internals");
+  }
+  internals.readU64 = function (this: DecoderInternals) {
+    const value = readU64AsBigInt.call(this);
+    return value <= MAX_SAFE ? Number(value) : value;
+  };
+  internals.readI64 = function (this: DecoderInternals) {
+    const value = readI64AsBigInt.call(this);
+    return value <= MAX_SAFE && value >= MIN_SAFE ? Number(value) : value;
+  };
+  return decoder;
+}
+
+function convertMapKey(key: unknown): string | number {
+  if (typeof key === "string" || typeof key === "number") return key;
+  return JSON.stringify(key, (_name, value) => {
+    if (typeof value === "bigint") return value.toString();
+    if (value instanceof Uint8Array) return [...value];
+    return value;
+  }) ?? String(key);
+}
+
 /** Creates a msgpack codec whose encoder and decoder are reused per call. */
 export function createCodec(options: CodecOptions): Codec {
-  const encoder = new Encoder();
-  const subHeaderEncoder = new Encoder();
-  const decoder = new Decoder();
+  const encoder = createEncoder();
+  const subHeaderEncoder = createEncoder();
+  const decoder = createDecoder();
   const threshold = options.binaryFrameThreshold;
   const bytesSubHeader = (): Uint8Array =>
     subHeaderEncoder.encode({
@@ -86,6 +157,19 @@ export function createCodec(options: CodecOptions): Codec {
     return frames;
 
     function prepare(value: unknown, depth: number): unknown {
+      if (typeof value === "string") {
+        // Lone surrogates have no UTF-8 form: replace them as TextEncoder
+        // does, rather than send bytes that no peer can decode.
+        return value.isWellFormed() ? value : value.toWellFormed();
+      }
+      if (typeof value === "bigint") {
+        if (value < MIN_INT64 || value > MAX_UINT64) {
+          throw new TypeError(
+            `Cannot encode the bigint ${value}: msgpack integers range from -2^63 to 2^64-1`,
+          );
+        }
+        return value;
+      }
       if (typeof value !== "object" || value === null) return value;
       if (ArrayBuffer.isView(value)) {
         if (value.byteLength < threshold) return value;
@@ -127,7 +211,11 @@ export function createCodec(options: CodecOptions): Codec {
       if (value instanceof Map) {
         const object: Record<string, unknown> = {};
         for (const [key, item] of value) {
-          if (typeof key !== "string" && typeof key !== "number") {
+          if (typeof key === "string") {
+            object[key.toWellFormed()] = prepare(item, depth + 1);
+            continue;
+          }
+          if (typeof key !== "number") {
             throw new TypeError(
               `Cannot encode a Map with a ${typeof key} key: msgpack maps here take string or number keys`,
             );
@@ -143,7 +231,11 @@ export function createCodec(options: CodecOptions): Codec {
       for (const key in record) {
         const item = record[key];
         const prepared = prepare(item, depth + 1);
-        if (prepared !== item) {
+        if (!key.isWellFormed()) {
+          copy ??= { ...record };
+          delete copy[key];
+          copy[key.toWellFormed()] = prepared;
+        } else if (prepared !== item) {
           copy ??= { ...record };
           copy[key] = prepared;
         }

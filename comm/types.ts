@@ -23,6 +23,11 @@ export interface ReadOptions {
  * bytes travels as a frame of its own, without being copied into the
  * msgpack body. Over `inproc`, messages are passed by reference.
  *
+ * Integers beyond ±2^53 arrive as `bigint`, and a `bigint` is sent as a
+ * 64-bit integer. Map keys that are neither strings nor numbers (a Python
+ * tuple key) arrive as their JSON text. Lone surrogates in strings are sent
+ * as U+FFFD, as `TextEncoder` does.
+ *
  * Reading from or writing to a closed comm, or one whose peer went away,
  * rejects with `CommClosedError`. Concurrent writes never interleave.
  *

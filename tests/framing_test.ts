@@ -233,3 +233,53 @@ Deno.test("Codec refuses values msgpack cannot carry with a TypeError", () => {
   assertThrows(() => codec.encode(new Map([[{}, 1]])), TypeError, "Map with a object key");
   assertEquals(codec.decode(codec.encode(new Map([["a", 1]]))), { a: 1 });
 });
+
+Deno.test("Codec reads 64-bit integers exactly, as bigint beyond 2^53", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  const cases: [Uint8Array, unknown][] = [
+    // uint64 and int64 tags, as Python's msgpack writes large ints.
+    [new Uint8Array([0xcf, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), 2n ** 63n - 1n],
+    [new Uint8Array([0xcf, 0, 0, 0, 1, 0, 0, 0, 0]), 2 ** 32],
+    [new Uint8Array([0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0]), -(2n ** 63n)],
+    [new Uint8Array([0xd3, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]), -(2 ** 32)],
+    [new Uint8Array([0xcf, 0, 0x20, 0, 0, 0, 0, 0, 0]), 2n ** 53n],
+  ];
+  for (const [bytes, expected] of cases) assertEquals(codec.decode([bytes]), expected);
+});
+
+Deno.test("Codec writes bigint as a 64-bit integer and numbers as before", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  const body = (value: unknown) => [...codec.encode(value)[0]];
+  assertEquals(body(2n ** 63n - 1n), [0xcf, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+  assertEquals(body(-1n), [0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+  // A safe integer of 2^40 stays an integer (not a float) on the wire.
+  assertEquals(body(2 ** 40)[0], 0xcf);
+  assertEquals(codec.decode(codec.encode({ n: 2n ** 64n - 1n })), { n: 2n ** 64n - 1n });
+  assertThrows(() => codec.encode(2n ** 64n), TypeError, "range from -2^63 to 2^64-1");
+});
+
+Deno.test("Codec turns map keys that are not strings into their JSON text", () => {
+  const encoder = new Encoder();
+  // {("x", 0): 1, 2: "two", None: 3} as Python's msgpack writes it, by hand:
+  const bytes = new Uint8Array([
+    0x83,
+    ...[0x92, 0xa1, 0x78, 0x00],
+    0x01,
+    0x02,
+    ...encoder.encode("two"),
+    0xc0,
+    0x03,
+  ]);
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  assertEquals(codec.decode([bytes]), { '["x",0]': 1, 2: "two", null: 3 });
+});
+
+Deno.test("Codec sends lone surrogates as U+FFFD so that any peer can decode them", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  const body = codec.encode({ ["k\ud800"]: "a\ud800b", ok: "é✓😀" })[0].slice();
+  // UTF-8 never encodes a surrogate: no ED A0..BF sequence may appear.
+  const encodedSurrogate = body.findIndex((b, i) => b === 0xed && body[i + 1] >= 0xa0);
+  assertEquals(encodedSurrogate, -1);
+  assertEquals(codec.decode([body]), { ["k\ufffd"]: "a\ufffdb", ok: "é✓😀" });
+  assertEquals(codec.decode(codec.encode("\udc00")), "\ufffd");
+});
