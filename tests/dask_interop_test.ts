@@ -440,7 +440,7 @@ Deno.test({
         assertEquals(
           wide.value,
           py.dict({
-            wide: py.list(
+            wide: py.tuple(
               { type: "int", value: 2n ** 63n - 1n },
               { type: "int", value: -(2n ** 63n) },
               { type: "int", value: 2n ** 53n + 1n },
