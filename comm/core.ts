@@ -6,6 +6,7 @@
  */
 
 import { delay } from "@std/async/delay";
+import { parseAddress, unparseAddress } from "./addressing.ts";
 import { Queue } from "./_queue.ts";
 import {
   abortable,
@@ -16,7 +17,13 @@ import {
   messageOf,
   timeoutSignal,
 } from "./_util.ts";
-import { CommClosedError, ConnectError, ConnectTimeoutError, ProtocolError } from "./errors.ts";
+import {
+  AddressError,
+  CommClosedError,
+  ConnectError,
+  ConnectTimeoutError,
+  ProtocolError,
+} from "./errors.ts";
 import { type BackendListener, lookupAddress } from "./registry.ts";
 import type { Comm, CommHandler, ConnectOptions, Listener, ListenOptions } from "./types.ts";
 
@@ -113,7 +120,9 @@ export async function connect(
       opening.then((late) => late.abort(), () => {});
       if (userSignal?.aborted) throw userSignal.reason;
       // Misuse (a bad address or option) is reported as it is.
-      if (error instanceof TypeError || error instanceof RangeError) throw error;
+      if (error instanceof TypeError || error instanceof RangeError) {
+        throw quoting(error, address, "connect to");
+      }
       if (signal.aborted) {
         lastError = new Error(`an attempt took over ${Math.round(attemptCap)} ms`);
       } else if (error instanceof Error && RETRYABLE.has(error.name)) {
@@ -237,7 +246,7 @@ export async function listen(
       }, expected a function`,
     );
   }
-  const [backend, location] = lookupAddress(address, "listen on");
+  const [backend, location, scheme] = lookupAddress(address, "listen on");
   const handshakeTimeout = checkDuration(
     "handshakeTimeout",
     options.handshakeTimeout,
@@ -247,12 +256,35 @@ export async function listen(
   try {
     inner = await backend.listen(location, options);
   } catch (error) {
-    if (error instanceof Error && !(error instanceof TypeError)) {
+    if (error instanceof TypeError || error instanceof RangeError) {
+      throw quoting(error, address, "listen on");
+    }
+    if (error instanceof Error) {
       error.message = `Cannot listen on "${address}": ${error.message}`;
     }
     throw error;
   }
-  return new CommListener(inner, handler, handshakeTimeout, options.onError);
+  return new CommListener(inner, scheme, handler, handshakeTimeout, options.onError);
+}
+
+/**
+ * Makes a misuse error from a backend quote the caller's address: a backend
+ * sees only the location, and may serve a scheme under another name.
+ */
+function quoting(error: TypeError | RangeError, address: string, action: string): Error {
+  if (error.message.includes(`"${address}"`)) return error;
+  const Class = error instanceof AddressError
+    ? AddressError
+    : error instanceof RangeError
+    ? RangeError
+    : TypeError;
+  return new Class(`Cannot ${action} "${address}": ${error.message}`, { cause: error });
+}
+
+/** `address` under `scheme`: a backend may serve several schemes. */
+function withScheme(address: string, scheme: string): string {
+  const [, location] = parseAddress(address);
+  return unparseAddress(scheme, location);
 }
 
 /** Both sides write their handshake and read the peer's. */
@@ -286,6 +318,8 @@ function isTimeout(error: unknown): boolean {
 
 class CommListener implements Listener {
   #inner: BackendListener;
+  #listenAddress: string;
+  #contactAddress: string;
   #handler: CommHandler | undefined;
   #handshakeTimeout: number;
   #onError: ((error: unknown) => void) | undefined;
@@ -301,11 +335,14 @@ class CommListener implements Listener {
 
   constructor(
     inner: BackendListener,
+    scheme: string,
     handler: CommHandler | undefined,
     handshakeTimeout: number,
     onError: ((error: unknown) => void) | undefined,
   ) {
     this.#inner = inner;
+    this.#listenAddress = withScheme(inner.listenAddress, scheme);
+    this.#contactAddress = withScheme(inner.contactAddress, scheme);
     this.#handler = handler;
     this.#handshakeTimeout = handshakeTimeout;
     this.#onError = onError;
@@ -313,11 +350,11 @@ class CommListener implements Listener {
   }
 
   get listenAddress(): string {
-    return this.#inner.listenAddress;
+    return this.#listenAddress;
   }
 
   get contactAddress(): string {
-    return this.#inner.contactAddress;
+    return this.#contactAddress;
   }
 
   get closed(): boolean {

@@ -44,7 +44,10 @@ export interface BackendListener {
  * A transport, registered under a scheme.
  *
  * Backends see only the location (the part after `scheme://`) and return
- * raw comms: `connect()` and `listen()` add retries and the handshake.
+ * raw comms: `connect()` and `listen()` add retries and the handshake. A
+ * listener's addresses are reported under the scheme `listen()` was called
+ * with, so one backend can serve several schemes; the addresses of comms
+ * are the backend's to set.
  * `connect()` retries errors whose `name` is `ConnectionRefused`,
  * `ConnectionReset`, `ConnectionAborted`, `NotFound` or `TimedOut`, so a
  * backend should throw `Deno.errors` of those kinds where retrying helps.

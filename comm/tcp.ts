@@ -14,7 +14,7 @@ import type { Comm, ListenOptions } from "./types.ts";
 
 /** The port of an address that must name a real host and port. */
 export function connectHostPort(scheme: string, location: string): [string, number] {
-  const [host, port] = parseHostPort(location);
+  const [host, port] = parseHostPort(`${scheme}://${location}`);
   if (host === "") {
     throw new AddressError(
       `Cannot connect to "${scheme}://${location}": the address has no host`,
@@ -35,8 +35,8 @@ export function netAddress(scheme: string, addr: Deno.Addr): string {
 }
 
 /** Host and port to bind: an empty host means every IPv4 interface. */
-export function listenHostPort(location: string): [string, number] {
-  const [host, port] = parseHostPort(location, 0);
+export function listenHostPort(scheme: string, location: string): [string, number] {
+  const [host, port] = parseHostPort(`${scheme}://${location}`, 0);
   return [host === "" ? "0.0.0.0" : host, port];
 }
 
@@ -47,13 +47,13 @@ export function hostPortHelpers(scheme: string): Pick<
 > {
   return {
     getAddressHost(location) {
-      return parseHostPort(location, 0)[0];
+      return parseHostPort(`${scheme}://${location}`, 0)[0];
     },
     getAddressHostPort(location) {
-      return parseHostPort(location);
+      return parseHostPort(`${scheme}://${location}`);
     },
     async resolveAddress(location) {
-      const [host, port] = parseHostPort(location, 0);
+      const [host, port] = parseHostPort(`${scheme}://${location}`, 0);
       if (host === "" || /^[0-9.]+$/.test(host) || host.includes(":")) {
         return location;
       }
@@ -68,7 +68,7 @@ export function hostPortHelpers(scheme: string): Pick<
       }
     },
     getLocalAddressFor(location) {
-      const host = parseHostPort(location, 0)[0];
+      const host = parseHostPort(`${scheme}://${location}`, 0)[0];
       if (isLoopback(host)) return host.includes(":") ? "[::1]" : "127.0.0.1";
       const ipv6 = host.includes(":");
       return unparseHostPort(firstInterface(ipv6) ?? (ipv6 ? "::" : "0.0.0.0"));
@@ -100,7 +100,7 @@ export const tcpBackend: Backend = {
   },
 
   listen(location: string, options: ListenOptions): Promise<BackendListener> {
-    const [hostname, port] = listenHostPort(location);
+    const [hostname, port] = listenHostPort("tcp", location);
     const listener = Deno.listen({ hostname, port });
     const bound = listener.addr;
     return Promise.resolve(

@@ -71,7 +71,7 @@ export const tlsBackend: Backend = {
         `Cannot listen on "tls://${location}": the tls backend needs "cert" and "key" options (PEM strings)`,
       );
     }
-    const [hostname, port] = listenHostPort(location);
+    const [hostname, port] = listenHostPort("tls", location);
     const listener = Deno.listenTls({ hostname, port, cert, key });
     const bound = listener.addr;
     return Promise.resolve(

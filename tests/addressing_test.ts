@@ -37,8 +37,10 @@ Deno.test("parseAddress() defaults to tcp unless strict", () => {
 Deno.test("parseAddress() refuses garbage with a message quoting it", () => {
   assertThrows(() => parseAddress("1tcp://x:1"), AddressError, `malformed scheme "1tcp"`);
   assertThrows(() => parseAddress("://x:1"), AddressError, `malformed scheme ""`);
-  assertThrows(() => parseAddress("tcp://a b:1"), AddressError, "white space");
+  assertThrows(() => parseHostPort("tcp://a b:1"), AddressError, `"tcp://a b:1"`);
+  assertThrows(() => parseHostPort("a\tb:1"), AddressError, "white space");
   assertThrows(() => parseAddress("tcp://x:1\n"), AddressError, "control characters");
+  assertEquals(parseAddress("unix:///tmp/My App/x.sock"), ["unix", "/tmp/My App/x.sock"]);
   assertThrows(
     // @ts-expect-error: a number is not an address
     () => parseAddress(8786),
