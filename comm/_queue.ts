@@ -1,5 +1,7 @@
 // A FIFO queue with O(1) push and shift, for inboxes and waiter lists.
 
+import { type Deferred, deferred } from "./_util.ts";
+
 /** A first-in first-out queue. */
 export class Queue<T> {
   #items: (T | undefined)[] = [];
@@ -45,4 +47,21 @@ export class Queue<T> {
     this.#head = 0;
     return items;
   }
+}
+
+/**
+ * Adds a waiter to `waiters` and returns its promise. If `signal` aborts
+ * first, the waiter leaves the queue (so it takes nothing) and the promise
+ * rejects with the signal's reason.
+ */
+export function waitInLine<T>(waiters: Queue<Deferred<T>>, signal?: AbortSignal): Promise<T> {
+  if (signal?.aborted) return Promise.reject(signal.reason);
+  const waiter = deferred<T>();
+  waiters.push(waiter);
+  if (!signal) return waiter.promise;
+  const onAbort = () => {
+    if (waiters.remove(waiter)) waiter.reject(signal.reason);
+  };
+  signal.addEventListener("abort", onAbort, { once: true });
+  return waiter.promise.finally(() => signal.removeEventListener("abort", onAbort));
 }

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { Queue } from "./_queue.ts";
+import { Queue, waitInLine } from "./_queue.ts";
 import { checkSize, type Deferred, deferred, messageOf } from "./_util.ts";
 import { AddressError, CommClosedError } from "./errors.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
@@ -51,7 +51,6 @@ class InprocComm implements Comm {
   #blockedWriters = new Queue<Deferred<void>>();
   #closed = false;
   #ended: CommClosedError | undefined;
-  #orderly = true;
 
   constructor(localAddress: string, peerAddress: string, highWaterMark: number) {
     this.#localAddress = localAddress;
@@ -96,16 +95,7 @@ class InprocComm implements Comm {
       return Promise.resolve(message);
     }
     if (this.#ended) return Promise.reject(this.#ended);
-    const signal = options?.signal;
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    const reader = deferred<unknown>();
-    this.#readers.push(reader);
-    if (!signal) return reader.promise;
-    const onAbort = () => {
-      if (this.#readers.remove(reader)) reader.reject(signal.reason);
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    return reader.promise.finally(() => signal.removeEventListener("abort", onAbort));
+    return waitInLine(this.#readers, options?.signal);
   }
 
   write(message: unknown): Promise<void> {
@@ -139,7 +129,8 @@ class InprocComm implements Comm {
       try {
         message = await this.read();
       } catch (error) {
-        if (this.#orderly && error instanceof CommClosedError) return;
+        // An inproc comm only ends in order, by a close on either side.
+        if (error instanceof CommClosedError) return;
         throw error;
       }
       yield message;

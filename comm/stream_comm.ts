@@ -10,7 +10,7 @@
 
 import { type Codec, createCodec } from "./_codec.ts";
 import { FrameReader, headerSize, writeHeader } from "./_framing.ts";
-import { Queue } from "./_queue.ts";
+import { Queue, waitInLine } from "./_queue.ts";
 import { checkSize, type Deferred, deferred, messageOf } from "./_util.ts";
 import { CommClosedError, ProtocolError } from "./errors.ts";
 import type { Comm, CommOptions, ReadOptions } from "./types.ts";
@@ -204,17 +204,9 @@ export class StreamComm implements Comm {
     }
     if (this.#ended) return Promise.reject(this.#ended);
     if (this.#closing) return Promise.reject(this.#closedError());
-    const signal = options?.signal;
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    const reader = deferred<unknown>();
-    this.#readers.push(reader);
+    const read = waitInLine(this.#readers, options?.signal);
     if (this.#paused) this.#resume();
-    if (!signal) return reader.promise;
-    const onAbort = () => {
-      if (this.#readers.remove(reader)) reader.reject(signal.reason);
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    return reader.promise.finally(() => signal.removeEventListener("abort", onAbort));
+    return read;
   }
 
   /**
