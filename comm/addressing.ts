@@ -12,14 +12,22 @@ import { AddressError } from "./errors.ts";
 import { describe } from "./_util.ts";
 
 /** The scheme used when an address has none. */
-export const DEFAULT_SCHEME = "tcp";
+const DEFAULT_SCHEME = "tcp";
 
 const SCHEME_SEPARATOR = "://";
 const SCHEME_PATTERN = /^[A-Za-z][A-Za-z0-9+.-]*$/;
 const PORT_PATTERN = /^[0-9]{1,5}$/;
 const MAX_PORT = 65535;
 
-/** Options for {@linkcode parseAddress}. */
+/** Options for {@linkcode parseAddress}. *
+ * @example
+ * ```ts
+ * import { AddressError, parseAddress } from "@x/comm";
+ * import { assertThrows } from "@std/assert";
+ *
+ * assertThrows(() => parseAddress("127.0.0.1:8786", { strict: true }), AddressError);
+ * ```
+ */
 export interface ParseAddressOptions {
   /**
    * Refuse an address without a scheme instead of assuming

@@ -24,13 +24,14 @@ import {
   ConnectTimeoutError,
   ProtocolError,
 } from "./errors.ts";
-import { type BackendListener, lookupAddress } from "./registry.ts";
+import { lookupAddress } from "./_backends.ts";
+import type { BackendListener } from "./registry.ts";
 import type { Comm, CommHandler, ConnectOptions, Listener, ListenOptions } from "./types.ts";
 
 /** Default of `connect()`'s `timeout`: 10 seconds. */
-export const DEFAULT_CONNECT_TIMEOUT = 10_000;
+const DEFAULT_CONNECT_TIMEOUT = 10_000;
 /** Default of `listen()`'s `handshakeTimeout`: 10 seconds. */
-export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
+const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 
 /**
  * What each side says in dask's connection handshake. We compress nothing,

@@ -16,7 +16,7 @@ import type { Backend, BackendConnectOptions, BackendListener } from "./registry
 import type { Comm, CommOptions, ListenOptions, ReadOptions } from "./types.ts";
 
 /** Default of `highWaterMark` for inproc comms: 1024 messages. */
-export const DEFAULT_INPROC_HIGH_WATER_MARK = 1024;
+const DEFAULT_INPROC_HIGH_WATER_MARK = 1024;
 
 const RESOLVED: Promise<void> = Promise.resolve();
 const listeners = new Map<string, InprocListener>();

@@ -8,15 +8,31 @@
  * @module
  */
 
-import { parseAddress, unparseAddress } from "./addressing.ts";
+import { unparseAddress } from "./addressing.ts";
+import { backends, knownSchemes, lookupAddress } from "./_backends.ts";
 import { AddressError } from "./errors.ts";
-import { inprocBackend } from "./inproc.ts";
-import { tcpBackend } from "./tcp.ts";
-import { tlsBackend } from "./tls.ts";
 import type { Comm, ConnectOptions, ListenOptions } from "./types.ts";
-import { unixBackend } from "./unix.ts";
 
-/** Options a backend's `connect` gets: the caller's, plus a signal. */
+/** Options a backend's `connect` gets: the caller's, plus a signal. *
+ * @example A backend that counts connection attempts
+ * ```ts
+ * import { type BackendConnectOptions, connect, getBackend, listen, registerBackend } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const tcp = getBackend("tcp");
+ * const attempts: string[] = [];
+ * registerBackend("counted", {
+ *   ...tcp,
+ *   connect(location: string, options: BackendConnectOptions) {
+ *     attempts.push(location);
+ *     return tcp.connect(location, options);
+ *   },
+ * });
+ * await using listener = await listen("counted://127.0.0.1:0");
+ * await using _comm = await connect(listener.contactAddress);
+ * assertEquals(attempts.length, 1);
+ * ```
+ */
 export interface BackendConnectOptions extends Omit<ConnectOptions, "signal"> {
   /**
    * Aborted when this attempt must stop (the caller aborted, or the attempt
@@ -25,7 +41,38 @@ export interface BackendConnectOptions extends Omit<ConnectOptions, "signal"> {
   signal: AbortSignal;
 }
 
-/** A backend's listener: accepts raw comms, before the handshake. */
+/** A backend's listener: accepts raw comms, before the handshake. *
+ * @example A backend listener that counts what it accepts
+ * ```ts
+ * import { type BackendListener, connect, getBackend, listen, registerBackend } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const tcp = getBackend("tcp");
+ * let accepted = 0;
+ * registerBackend("watched", {
+ *   ...tcp,
+ *   async listen(location, options): Promise<BackendListener> {
+ *     const inner = await tcp.listen(location, options);
+ *     return {
+ *       listenAddress: inner.listenAddress,
+ *       contactAddress: inner.contactAddress,
+ *       async accept() {
+ *         const comm = await inner.accept();
+ *         if (comm) accepted++;
+ *         return comm;
+ *       },
+ *       close: () => inner.close(),
+ *     };
+ *   },
+ * });
+ * await using listener = await listen("watched://127.0.0.1:0", async (comm) => {
+ *   await comm.write("hello");
+ * });
+ * await using comm = await connect(listener.contactAddress);
+ * assertEquals(await comm.read(), "hello");
+ * assertEquals(accepted, 1);
+ * ```
+ */
 export interface BackendListener {
   /** The address bound, as `scheme://location`. */
   readonly listenAddress: string;
@@ -125,13 +172,6 @@ export interface Backend {
   getLocalAddressFor(location: string): string;
 }
 
-const backends = new Map<string, Backend>([
-  ["inproc", inprocBackend],
-  ["tcp", tcpBackend],
-  ["tls", tlsBackend],
-  ["unix", unixBackend],
-]);
-
 /**
  * Registers `backend` for `scheme`, replacing any backend registered there
  * before (built-in ones included).
@@ -177,28 +217,6 @@ export function getBackend(scheme: string): Backend {
   throw new AddressError(
     `Unknown scheme "${scheme}" (known schemes: ${knownSchemes()})`,
   );
-}
-
-function knownSchemes(): string {
-  return [...backends.keys()].sort().join(", ");
-}
-
-/**
- * Splits `address` and finds its backend, or throws an error that says what
- * was being done.
- */
-export function lookupAddress(
-  address: string,
-  action: string,
-): [backend: Backend, location: string, scheme: string] {
-  const [scheme, location] = parseAddress(address);
-  const backend = backends.get(scheme);
-  if (!backend) {
-    throw new AddressError(
-      `Cannot ${action} "${address}": unknown scheme "${scheme}" (known schemes: ${knownSchemes()})`,
-    );
-  }
-  return [backend, location, scheme];
 }
 
 /**

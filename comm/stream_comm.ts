@@ -16,11 +16,11 @@ import { CommClosedError, ProtocolError } from "./errors.ts";
 import type { Comm, CommOptions, ReadOptions } from "./types.ts";
 
 /** Default of `maxMessageSize`: 1 GiB. */
-export const DEFAULT_MAX_MESSAGE_SIZE = 2 ** 30;
+const DEFAULT_MAX_MESSAGE_SIZE = 2 ** 30;
 /** Default of `highWaterMark` for stream transports: 1 MiB queued. */
-export const DEFAULT_STREAM_HIGH_WATER_MARK = 1024 * 1024;
+const DEFAULT_STREAM_HIGH_WATER_MARK = 1024 * 1024;
 /** Default of `binaryFrameThreshold`: 64 KiB. */
-export const DEFAULT_BINARY_FRAME_THRESHOLD = 64 * 1024;
+const DEFAULT_BINARY_FRAME_THRESHOLD = 64 * 1024;
 
 /** Size of a coalescing write buffer. */
 const WRITE_BUFFER_BYTES = 64 * 1024;
@@ -36,6 +36,23 @@ const RESOLVED: Promise<void> = Promise.resolve();
 /**
  * The byte stream under a {@linkcode StreamComm}: the part of `Deno.Conn`
  * it uses, so that any `Deno.Conn` is one.
+ *
+ * @example Any Deno.Conn is a byte stream
+ * ```ts
+ * import { type ByteStream, StreamComm } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const accepting = listener.accept();
+ * const near: ByteStream = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const far: ByteStream = await accepting;
+ * const client = new StreamComm(near, { localAddress: "raw://a", peerAddress: "raw://b" });
+ * const server = new StreamComm(far, { localAddress: "raw://b", peerAddress: "raw://a" });
+ * await client.write({ over: "a raw connection" });
+ * assertEquals(await server.read(), { over: "a raw connection" });
+ * await client.close();
+ * await server.close();
+ * ```
  */
 export interface ByteStream {
   /** Reads into `buffer`; resolves with the count, or `null` at the end. */
@@ -46,7 +63,31 @@ export interface ByteStream {
   close(): void;
 }
 
-/** Options of a {@linkcode StreamComm}. */
+/** Options of a {@linkcode StreamComm}. *
+ * @example
+ * ```ts
+ * import { StreamComm, type StreamCommOptions } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const accepting = listener.accept();
+ * const options: StreamCommOptions = {
+ *   localAddress: "raw://client",
+ *   peerAddress: "raw://server",
+ *   maxMessageSize: 1024 * 1024,
+ * };
+ * const client = new StreamComm(await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }), options);
+ * const server = new StreamComm(await accepting, {
+ *   localAddress: "raw://server",
+ *   peerAddress: "raw://client",
+ * });
+ * assertEquals(client.peerAddress, "raw://server");
+ * await client.write(1);
+ * assertEquals(await server.read(), 1);
+ * await client.close();
+ * await server.close();
+ * ```
+ */
 export interface StreamCommOptions extends CommOptions {
   /** This end's address, as `scheme://location`. */
   localAddress: string;

@@ -13,7 +13,7 @@ import { abortable } from "./_util.ts";
 import { concreteHost, ConnListener } from "./_conn_listener.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import { StreamComm } from "./stream_comm.ts";
-import { connectHostPort, hostPortHelpers, listenHostPort, netAddress } from "./tcp.ts";
+import { connectHostPort, hostPortHelpers, listenHostPort, netAddress } from "./_net.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 
 /**

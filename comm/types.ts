@@ -5,7 +5,23 @@
  * @module
  */
 
-/** Options for reading one message. */
+/** Options for reading one message. *
+ * @example Giving up on a read
+ * ```ts
+ * import { pipe } from "@x/comm";
+ * import { assertEquals, assertRejects } from "@std/assert";
+ *
+ * const [a, b] = pipe();
+ * const controller = new AbortController();
+ * const reading = b.read({ signal: controller.signal });
+ * controller.abort(new Error("gave up"));
+ * await assertRejects(() => reading, Error, "gave up");
+ * await a.write("later"); // the comm is still open, nothing was lost
+ * assertEquals(await b.read(), "later");
+ * await a.close();
+ * await b.close();
+ * ```
+ */
 export interface ReadOptions {
   /**
    * Stops waiting when aborted: the read rejects with the signal's reason
@@ -136,10 +152,42 @@ export interface Listener extends AsyncIterable<Comm>, AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** A function that serves one incoming comm. */
+/** A function that serves one incoming comm. *
+ * @example
+ * ```ts
+ * import { type CommHandler, connect, listen } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const double: CommHandler = async (comm) => {
+ *   for await (const n of comm) await comm.write((n as number) * 2);
+ * };
+ * await using listener = await listen("inproc://", double);
+ * await using comm = await connect(listener.contactAddress);
+ * await comm.write(21);
+ * assertEquals(await comm.read(), 42);
+ * ```
+ */
 export type CommHandler = (comm: Comm) => void | Promise<void>;
 
-/** Options of a comm, for both `connect()` and `listen()`. */
+/** Options of a comm, for both `connect()` and `listen()`. *
+ * @example
+ * ```ts
+ * import { CommClosedError, connect, listen } from "@x/comm";
+ * import { assertRejects } from "@std/assert";
+ *
+ * // This server accepts messages of up to 1 KiB.
+ * await using listener = await listen("tcp://127.0.0.1:0", async (comm) => {
+ *   await comm.read().catch(() => {}); // rejects: the message is too large
+ * }, { maxMessageSize: 1024 });
+ * await using comm = await connect(listener.contactAddress, {
+ *   highWaterMark: 64 * 1024,
+ *   binaryFrameThreshold: 1024 * 1024,
+ * });
+ * await comm.write(new Uint8Array(4096));
+ * // The server refuses it and closes the comm.
+ * await assertRejects(() => comm.read(), CommClosedError);
+ * ```
+ */
 export interface CommOptions {
   /**
    * The largest message accepted from the peer, in bytes. A peer that
@@ -171,6 +219,23 @@ export interface CommOptions {
  *
  * Deno can present a client certificate (`cert` and `key` on `connect()`),
  * but a Deno listener cannot request or verify client certificates.
+ *
+ * @example With the test certificates of this repository
+ * ```ts
+ * import { connect, listen } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const read = (name: string) => Deno.readTextFile(`tests/testdata/${name}`);
+ * const cert = await read("server.pem");
+ * const key = await read("server-key.pem");
+ * const ca = await read("ca.pem");
+ * await using listener = await listen("tls://127.0.0.1:0", async (comm) => {
+ *   await comm.write(await comm.read());
+ * }, { cert, key });
+ * await using comm = await connect(listener.contactAddress, { caCerts: [ca] });
+ * await comm.write("secret");
+ * assertEquals(await comm.read(), "secret");
+ * ```
  */
 export interface TlsOptions {
   /** Certificates to trust beyond the system's roots (PEM). */
@@ -181,7 +246,21 @@ export interface TlsOptions {
   key?: string;
 }
 
-/** Options for `connect()`. */
+/** Options for `connect()`. *
+ * @example
+ * ```ts
+ * import { connect, listen } from "@x/comm";
+ * import { assert } from "@std/assert";
+ *
+ * await using listener = await listen("inproc://");
+ * const controller = new AbortController();
+ * await using comm = await connect(listener.contactAddress, {
+ *   timeout: 5_000,
+ *   signal: controller.signal,
+ * });
+ * assert(!comm.closed);
+ * ```
+ */
 export interface ConnectOptions extends CommOptions, TlsOptions {
   /**
    * Milliseconds to keep trying: refused connections are retried with
@@ -195,7 +274,22 @@ export interface ConnectOptions extends CommOptions, TlsOptions {
   signal?: AbortSignal;
 }
 
-/** Options for `listen()`. */
+/** Options for `listen()`. *
+ * @example Collecting handler errors
+ * ```ts
+ * import { CommClosedError, connect, listen } from "@x/comm";
+ * import { assertEquals, assertRejects } from "@std/assert";
+ *
+ * const errors: unknown[] = [];
+ * await using listener = await listen("inproc://", () => {
+ *   throw new Error("boom");
+ * }, { onError: (error) => errors.push(error), handshakeTimeout: 5_000 });
+ * await using comm = await connect(listener.contactAddress);
+ * // The comm is closed once its handler settles, here by throwing.
+ * await assertRejects(() => comm.read(), CommClosedError);
+ * assertEquals((errors[0] as Error).message, "boom");
+ * ```
+ */
 export interface ListenOptions extends CommOptions, TlsOptions {
   /**
    * Milliseconds an incoming comm has to complete its handshake before it

@@ -1,0 +1,71 @@
+// Host-and-port helpers shared by the tcp and tls backends.
+
+import { lookup } from "node:dns/promises";
+import { parseHostPort, unparseHostPort } from "./addressing.ts";
+import { firstInterface, isLoopback } from "./_conn_listener.ts";
+import { AddressError } from "./errors.ts";
+import type { Backend } from "./registry.ts";
+
+/** The port of an address that must name a real host and port. */
+export function connectHostPort(scheme: string, location: string): [string, number] {
+  const [host, port] = parseHostPort(`${scheme}://${location}`);
+  if (host === "") {
+    throw new AddressError(
+      `Cannot connect to "${scheme}://${location}": the address has no host`,
+    );
+  }
+  if (port === 0) {
+    throw new AddressError(
+      `Cannot connect to "${scheme}://${location}": port 0 means "any port" and only makes sense to listen on`,
+    );
+  }
+  return [host, port];
+}
+
+/** `scheme://host:port` of one end of a connection. */
+export function netAddress(scheme: string, addr: Deno.Addr): string {
+  const net = addr as Deno.NetAddr;
+  return `${scheme}://${unparseHostPort(net.hostname, net.port)}`;
+}
+
+/** Host and port to bind: an empty host means every IPv4 interface. */
+export function listenHostPort(scheme: string, location: string): [string, number] {
+  const [host, port] = parseHostPort(`${scheme}://${location}`, 0);
+  return [host === "" ? "0.0.0.0" : host, port];
+}
+
+/** The address helpers shared by the tcp and tls backends. */
+export function hostPortHelpers(scheme: string): Pick<
+  Backend,
+  "getAddressHost" | "getAddressHostPort" | "resolveAddress" | "getLocalAddressFor"
+> {
+  return {
+    getAddressHost(location) {
+      return parseHostPort(`${scheme}://${location}`, 0)[0];
+    },
+    getAddressHostPort(location) {
+      return parseHostPort(`${scheme}://${location}`);
+    },
+    async resolveAddress(location) {
+      const [host, port] = parseHostPort(`${scheme}://${location}`, 0);
+      if (host === "" || /^[0-9.]+$/.test(host) || host.includes(":")) {
+        return location;
+      }
+      try {
+        const { address } = await lookup(host);
+        return unparseHostPort(address, port);
+      } catch (error) {
+        throw new AddressError(
+          `Cannot resolve "${scheme}://${location}": host "${host}" was not found`,
+          { cause: error },
+        );
+      }
+    },
+    getLocalAddressFor(location) {
+      const host = parseHostPort(`${scheme}://${location}`, 0)[0];
+      if (isLoopback(host)) return host.includes(":") ? "[::1]" : "127.0.0.1";
+      const ipv6 = host.includes(":");
+      return unparseHostPort(firstInterface(ipv6) ?? (ipv6 ? "::" : "0.0.0.0"));
+    },
+  };
+}
