@@ -255,6 +255,9 @@ export function createCodec(options: CodecOptions): Codec {
       );
     }
     if (frames.length === 1 && !mayHoldSets(frames[0])) return message;
+    // One value per referenced frame, however often it is referenced: a
+    // joined payload must not be rebuilt (and reallocated) per reference.
+    const resolved = new Map<number, unknown>();
     return restore(message, 0);
 
     function restore(value: unknown, depth: number): unknown {
@@ -281,6 +284,13 @@ export function createCodec(options: CodecOptions): Codec {
     }
 
     function reference(kind: Serialized["kind"], offset: number): unknown {
+      if (resolved.has(offset)) return resolved.get(offset);
+      const value = resolveReference(kind, offset);
+      resolved.set(offset, value);
+      return value;
+    }
+
+    function resolveReference(kind: Serialized["kind"], offset: number): unknown {
       if (!Number.isInteger(offset) || offset < 1 || offset >= frames.length) {
         throw new ProtocolError(
           `Peer sent a ${kind} reference to frame ${offset}, but the message has frames 0 to ${

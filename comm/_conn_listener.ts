@@ -55,8 +55,13 @@ export class ConnListener implements BackendListener {
       conn.close();
       return null;
     }
-    this.#onConn?.(conn);
-    return new StreamComm(conn, { ...this.#options, ...this.#addresses(conn) });
+    try {
+      this.#onConn?.(conn);
+      return new StreamComm(conn, { ...this.#options, ...this.#addresses(conn) });
+    } catch (error) {
+      conn.close();
+      throw error;
+    }
   }
 
   close(): Promise<void> {

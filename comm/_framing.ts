@@ -18,6 +18,12 @@ export const FIXED_HEADER_BYTES = 16;
 export const LENGTH_BYTES = 8;
 /** Size of a fresh read buffer: several small messages per read syscall. */
 export const READ_CHUNK_BYTES = 256 * 1024;
+/**
+ * What each frame costs against maxMessageSize besides its bytes: the view
+ * made for it. Without it, a header of millions of empty frames that is
+ * legal by size would take many times that size in memory.
+ */
+export const FRAME_COST_BYTES = 256;
 /** Below this much free space, the next read goes into a fresh buffer. */
 const MIN_READ_BYTES = 16 * 1024;
 const TWO_POW_32 = 2 ** 32;
@@ -144,6 +150,13 @@ export class FrameReader {
       );
     }
     const count = getU64(view, start + 8);
+    if (count * FRAME_COST_BYTES > max) {
+      throw new ProtocolError(
+        `Peer announced ${
+          formatSize(count)
+        } frames in one message, more than maxMessageSize (${max}) allows at ${FRAME_COST_BYTES} bytes a frame`,
+      );
+    }
     if (count === 0 || LENGTH_BYTES * (1 + count) > total) {
       throw new ProtocolError(
         `Peer sent a malformed message header: ${

@@ -5,6 +5,7 @@ import { parseHostPort, unparseHostPort } from "./addressing.ts";
 import { firstInterface, isLoopback } from "./_conn_listener.ts";
 import { AddressError } from "./errors.ts";
 import type { Backend } from "./registry.ts";
+import { StreamComm, type StreamCommOptions } from "./stream_comm.ts";
 
 /** The port of an address that must name a real host and port. */
 export function connectHostPort(scheme: string, location: string): [string, number] {
@@ -68,4 +69,17 @@ export function hostPortHelpers(scheme: string): Pick<
       return unparseHostPort(firstInterface(ipv6) ?? (ipv6 ? "::" : "0.0.0.0"));
     },
   };
+}
+
+/** Wraps a fresh connection in a StreamComm, closing it if that fails. */
+export function streamCommOver(
+  conn: Deno.Conn,
+  options: StreamCommOptions,
+): StreamComm {
+  try {
+    return new StreamComm(conn, options);
+  } catch (error) {
+    conn.close();
+    throw error;
+  }
 }

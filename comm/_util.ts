@@ -27,6 +27,12 @@ export function deferred<T>(): Deferred<T> {
 }
 
 /**
+ * The longest delay `setTimeout` takes (2^31 - 1 ms, about 24.8 days); it
+ * fires at once for anything longer, so longer durations mean "no limit".
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
  * An AbortSignal that fires when `signal` does or after `ms` milliseconds,
  * with a `clear()` that releases the timer (so that no timer outlives the
  * work, which Deno's test sanitizers check).
@@ -40,7 +46,7 @@ export function timeoutSignal(
   const onAbort = () => controller.abort(signal!.reason);
   if (signal?.aborted) controller.abort(signal.reason);
   else signal?.addEventListener("abort", onAbort, { once: true });
-  const timer = Number.isFinite(ms)
+  const timer = ms < MAX_TIMER_MS
     ? setTimeout(() => controller.abort(reason()), Math.max(0, ms))
     : undefined;
   return {

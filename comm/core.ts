@@ -11,6 +11,7 @@ import { Queue } from "./_queue.ts";
 import {
   abortable,
   checkDuration,
+  checkSize,
   type Deferred,
   deferred,
   describe,
@@ -26,7 +27,14 @@ import {
 } from "./errors.ts";
 import { lookupAddress } from "./_backends.ts";
 import type { BackendListener } from "./registry.ts";
-import type { Comm, CommHandler, ConnectOptions, Listener, ListenOptions } from "./types.ts";
+import type {
+  Comm,
+  CommHandler,
+  CommOptions,
+  ConnectOptions,
+  Listener,
+  ListenOptions,
+} from "./types.ts";
 
 /** Default of `connect()`'s `timeout`: 10 seconds. */
 const DEFAULT_CONNECT_TIMEOUT = 10_000;
@@ -51,6 +59,8 @@ const RETRYABLE = new Set([
   "TimedOut",
 ]);
 const BACKOFF_BASE_MS = 10;
+/** The longest pause between two attempts. */
+const MAX_BACKOFF_MS = 5_000;
 /** Comms accepted but not yet taken by an iterating caller. */
 const MAX_READY = 128;
 /** Pause after an accept error (such as running out of descriptors). */
@@ -93,6 +103,7 @@ export async function connect(
 ): Promise<Comm> {
   const [backend, location] = lookupAddress(address, "connect to");
   const timeout = checkDuration("timeout", options.timeout, DEFAULT_CONNECT_TIMEOUT);
+  checkCommOptions(options);
   const userSignal = options.signal;
   userSignal?.throwIfAborted();
   const deadline = performance.now() + timeout;
@@ -135,8 +146,11 @@ export async function connect(
         );
       }
       attemptCap = timeout;
-      const wait = Math.random() *
-        Math.min(deadline - performance.now(), BACKOFF_BASE_MS * 2 ** attempt++);
+      const wait = Math.random() * Math.min(
+        deadline - performance.now(),
+        BACKOFF_BASE_MS * 2 ** Math.min(attempt++, 20),
+        MAX_BACKOFF_MS,
+      );
       if (wait > 0) await delay(wait, { signal: userSignal });
     } finally {
       clear();
@@ -248,6 +262,7 @@ export async function listen(
     );
   }
   const [backend, location, scheme] = lookupAddress(address, "listen on");
+  checkCommOptions(options);
   const handshakeTimeout = checkDuration(
     "handshakeTimeout",
     options.handshakeTimeout,
@@ -286,6 +301,13 @@ function quoting(error: TypeError | RangeError, address: string, action: string)
 function withScheme(address: string, scheme: string): string {
   const [, location] = parseAddress(address);
   return unparseAddress(scheme, location);
+}
+
+/** Checks the size options before anything is opened with them. */
+function checkCommOptions(options: CommOptions): void {
+  checkSize("maxMessageSize", options.maxMessageSize, 1);
+  checkSize("highWaterMark", options.highWaterMark, 1);
+  checkSize("binaryFrameThreshold", options.binaryFrameThreshold, 1);
 }
 
 /** Both sides write their handshake and read the peer's. */
@@ -439,7 +461,7 @@ class CommListener implements Listener {
       await comm.close();
       this.#comms.delete(comm);
       if (!this.#closed && this.#onError) {
-        this.#onError(
+        this.#report(
           isTimeout(error)
             ? new ProtocolError(
               `Comm from "${comm.peerAddress}" did not complete the handshake within ${this.#handshakeTimeout} ms`,
@@ -471,10 +493,15 @@ class CommListener implements Listener {
 
   #report(error: unknown): void {
     if (this.#onError) {
-      this.#onError(error);
-    } else {
-      console.error(`Listener on "${this.listenAddress}":`, error);
+      try {
+        this.#onError(error);
+        return;
+      } catch (failure) {
+        // A throwing callback must not become an unhandled rejection.
+        console.error(`Listener on "${this.listenAddress}": onError threw:`, failure);
+      }
     }
+    console.error(`Listener on "${this.listenAddress}":`, error);
   }
 
   async #close(): Promise<void> {

@@ -120,7 +120,7 @@ class InprocComm implements Comm {
   }
 
   abort(reason?: unknown): void {
-    this.#shut(reason);
+    this.#shut(reason ?? new Error("aborted"));
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<unknown> {
@@ -156,9 +156,18 @@ class InprocComm implements Comm {
     // Their messages sit in this inbox, which will never be read.
     for (const writer of this.#blockedWriters.drain()) writer.reject(error);
     this.#inbox.drain();
-    // Our own writes are in the peer's inbox: delivered, so they succeed.
-    for (const writer of this.#peer.#blockedWriters.drain()) writer.resolve();
-    this.#peer.#onPeerClosed();
+    const peer = this.#peer;
+    if (reason === undefined) {
+      // Closing: our writes are in the peer's inbox, delivered, so they
+      // succeed and the peer reads them before it sees the end.
+      for (const writer of peer.#blockedWriters.drain()) writer.resolve();
+    } else {
+      // Aborting drops what the peer has not read yet; our blocked writes
+      // fail like the rest.
+      for (const writer of peer.#blockedWriters.drain()) writer.reject(error);
+      peer.#inbox.drain();
+    }
+    peer.#onPeerClosed();
   }
 
   #onPeerClosed(): void {

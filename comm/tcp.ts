@@ -6,9 +6,14 @@
 
 import { unparseHostPort } from "./addressing.ts";
 import { concreteHost, ConnListener } from "./_conn_listener.ts";
-import { connectHostPort, hostPortHelpers, listenHostPort, netAddress } from "./_net.ts";
+import {
+  connectHostPort,
+  hostPortHelpers,
+  listenHostPort,
+  netAddress,
+  streamCommOver,
+} from "./_net.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
-import { StreamComm } from "./stream_comm.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 
 /**
@@ -27,7 +32,7 @@ export const tcpBackend: Backend = {
     const [hostname, port] = connectHostPort("tcp", location);
     const conn = await Deno.connect({ hostname, port, signal: options.signal });
     conn.setNoDelay(true);
-    return new StreamComm(conn, {
+    return streamCommOver(conn, {
       ...options,
       localAddress: netAddress("tcp", conn.localAddr),
       peerAddress: `tcp://${unparseHostPort(hostname, port)}`,

@@ -12,8 +12,13 @@ import { unparseHostPort } from "./addressing.ts";
 import { abortable } from "./_util.ts";
 import { concreteHost, ConnListener } from "./_conn_listener.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
-import { StreamComm } from "./stream_comm.ts";
-import { connectHostPort, hostPortHelpers, listenHostPort, netAddress } from "./_net.ts";
+import {
+  connectHostPort,
+  hostPortHelpers,
+  listenHostPort,
+  netAddress,
+  streamCommOver,
+} from "./_net.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 
 /**
@@ -57,7 +62,7 @@ export const tlsBackend: Backend = {
       }, () => {});
       throw error;
     }
-    return new StreamComm(conn, {
+    return streamCommOver(conn, {
       ...options,
       localAddress: netAddress("tls", conn.localAddr),
       peerAddress: `tls://${unparseHostPort(hostname, port)}`,

@@ -67,7 +67,8 @@ export interface Comm extends AsyncIterable<unknown>, AsyncDisposable {
   readonly peerAddress: string;
   /**
    * Whether the comm is closed: by `close()` or `abort()`, by the peer, or
-   * after an error. Messages already received can still be read.
+   * after an error. After the peer closed, the messages it sent before can
+   * still be read; after a local `close()` or `abort()`, nothing can.
    */
   readonly closed: boolean;
   /**

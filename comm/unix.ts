@@ -14,7 +14,7 @@ import { dirname, join } from "@std/path";
 import { ConnListener } from "./_conn_listener.ts";
 import { AddressError } from "./errors.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
-import { StreamComm } from "./stream_comm.ts";
+import { streamCommOver } from "./_net.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 
 const SOCKET_NAME = "comm.sock";
@@ -55,7 +55,7 @@ export const unixBackend: Backend = {
       conn.close();
       options.signal.throwIfAborted();
     }
-    return new StreamComm(conn, {
+    return streamCommOver(conn, {
       ...options,
       localAddress: UNNAMED,
       peerAddress: `unix://${path}`,
@@ -90,9 +90,15 @@ export const unixBackend: Backend = {
         // another process bound at the same path since.
         try {
           if (Deno.lstatSync(path).ino === ino) Deno.removeSync(path);
-          if (privateDir) Deno.removeSync(privateDir);
         } catch {
           // Already removed.
+        }
+        if (privateDir) {
+          try {
+            Deno.removeSync(privateDir, { recursive: true });
+          } catch {
+            // Already removed.
+          }
         }
       },
     });

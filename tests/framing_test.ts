@@ -75,7 +75,7 @@ Deno.test("FrameReader.next() refuses frame tables that do not fit", () => {
   const cases: [bigint, bigint, string][] = [
     [8n, 0n, "0 frames cannot fit"],
     [16n, 5n, "5 frames cannot fit in the 16 bytes"],
-    [64n, 2n ** 62n, "frames cannot fit"],
+    [64n, 2n ** 62n, "frames in one message"],
   ];
   for (const [total, count, message] of cases) {
     const header = new Uint8Array(16);
@@ -282,4 +282,38 @@ Deno.test("Codec sends lone surrogates as U+FFFD so that any peer can decode the
   assertEquals(encodedSurrogate, -1);
   assertEquals(codec.decode([body]), { ["k\ufffd"]: "a\ufffdb", ok: "é✓😀" });
   assertEquals(codec.decode(codec.encode("\udc00")), "\ufffd");
+});
+
+Deno.test("FrameReader.next() refuses more frames than maxMessageSize pays for", () => {
+  // Legal by bytes (8 bytes a length), but millions of views in memory.
+  const count = MAX / 8 - 1;
+  const header = new Uint8Array(16);
+  const view = new DataView(header.buffer);
+  view.setBigUint64(0, BigInt(8 * (1 + count)), true);
+  view.setBigUint64(8, BigInt(count), true);
+  const reader = new FrameReader(MAX);
+  reader.space().set(header);
+  reader.commit(16);
+  assertThrows(() => reader.next(), ProtocolError, "frames in one message");
+});
+
+Deno.test("Codec decodes a payload referenced many times once", () => {
+  const encoder = new Encoder();
+  const references = Array.from({ length: 50 }, () => ({ __Serialized__: 1 }));
+  const header = encoder.encode({
+    serializer: "dask",
+    type: "bytes",
+    compression: [null, null],
+    "num-sub-frames": 2,
+  });
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  const decoded = codec.decode([
+    encoder.encode(references),
+    header,
+    new Uint8Array(1000),
+    new Uint8Array(1000),
+  ]) as Uint8Array[];
+  assertEquals(decoded.length, 50);
+  assertEquals(decoded[0].length, 2000);
+  assert(decoded.every((d) => d === decoded[0]), "one joined buffer, shared");
 });
