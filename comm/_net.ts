@@ -2,9 +2,10 @@
 
 import { lookup } from "node:dns/promises";
 import { parseHostPort, unparseHostPort } from "./addressing.ts";
-import { firstInterface, isLoopback } from "./_conn_listener.ts";
+import { concreteHost, ConnListener, firstInterface, isLoopback } from "./_conn_listener.ts";
 import { AddressError } from "./errors.ts";
-import type { Backend } from "./registry.ts";
+import type { Backend, BackendListener } from "./registry.ts";
+import type { ListenOptions } from "./types.ts";
 import { StreamComm, type StreamCommOptions } from "./stream_comm.ts";
 
 /** The port of an address that must name a real host and port. */
@@ -82,4 +83,25 @@ export function streamCommOver(
     conn.close();
     throw error;
   }
+}
+
+/** A listener of stream comms over a bound TCP or TLS Deno listener. */
+export function netListener(
+  scheme: string,
+  listener: Deno.Listener<Deno.Conn, Deno.NetAddr>,
+  options: ListenOptions,
+  onConn?: (conn: Deno.Conn) => void,
+): BackendListener {
+  const bound = listener.addr;
+  const host = concreteHost(bound.hostname, options.contactHost);
+  return new ConnListener(listener, {
+    listenAddress: netAddress(scheme, bound),
+    contactAddress: `${scheme}://${unparseHostPort(host, bound.port)}`,
+    addresses: (conn) => ({
+      localAddress: netAddress(scheme, conn.localAddr),
+      peerAddress: netAddress(scheme, conn.remoteAddr),
+    }),
+    options,
+    onConn,
+  });
 }

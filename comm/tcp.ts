@@ -5,12 +5,12 @@
  */
 
 import { unparseHostPort } from "./addressing.ts";
-import { concreteHost, ConnListener } from "./_conn_listener.ts";
 import {
   connectHostPort,
   hostPortHelpers,
   listenHostPort,
   netAddress,
+  netListener,
   streamCommOver,
 } from "./_net.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
@@ -42,20 +42,8 @@ export const tcpBackend: Backend = {
   listen(location: string, options: ListenOptions): Promise<BackendListener> {
     const [hostname, port] = listenHostPort("tcp", location);
     const listener = Deno.listen({ hostname, port });
-    const bound = listener.addr;
     return Promise.resolve(
-      new ConnListener(listener, {
-        listenAddress: netAddress("tcp", bound),
-        contactAddress: `tcp://${
-          unparseHostPort(concreteHost(bound.hostname, options.contactHost), bound.port)
-        }`,
-        addresses: (conn) => ({
-          localAddress: netAddress("tcp", conn.localAddr),
-          peerAddress: netAddress("tcp", conn.remoteAddr),
-        }),
-        options,
-        onConn: (conn) => (conn as Deno.TcpConn).setNoDelay(true),
-      }),
+      netListener("tcp", listener, options, (conn) => (conn as Deno.TcpConn).setNoDelay(true)),
     );
   },
 

@@ -10,13 +10,13 @@
 
 import { unparseHostPort } from "./addressing.ts";
 import { abortable } from "./_util.ts";
-import { concreteHost, ConnListener } from "./_conn_listener.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import {
   connectHostPort,
   hostPortHelpers,
   listenHostPort,
   netAddress,
+  netListener,
   streamCommOver,
 } from "./_net.ts";
 import type { Comm, ListenOptions } from "./types.ts";
@@ -78,20 +78,7 @@ export const tlsBackend: Backend = {
     }
     const [hostname, port] = listenHostPort("tls", location);
     const listener = Deno.listenTls({ hostname, port, cert, key });
-    const bound = listener.addr;
-    return Promise.resolve(
-      new ConnListener(listener, {
-        listenAddress: netAddress("tls", bound),
-        contactAddress: `tls://${
-          unparseHostPort(concreteHost(bound.hostname, options.contactHost), bound.port)
-        }`,
-        addresses: (conn) => ({
-          localAddress: netAddress("tls", conn.localAddr),
-          peerAddress: netAddress("tls", conn.remoteAddr),
-        }),
-        options,
-      }),
-    );
+    return Promise.resolve(netListener("tls", listener, options));
   },
 
   ...hostPortHelpers("tls"),
