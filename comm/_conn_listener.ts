@@ -4,6 +4,7 @@
 import type { BackendListener } from "./registry.ts";
 import { StreamComm } from "./stream_comm.ts";
 import type { Comm, CommOptions } from "./types.ts";
+import type { StreamCommOptions } from "./stream_comm.ts";
 
 /** Turns an accepted connection into the addresses of its two ends. */
 export type ConnAddresses = (conn: Deno.Conn) => {
@@ -55,13 +56,7 @@ export class ConnListener implements BackendListener {
       conn.close();
       return null;
     }
-    try {
-      this.#onConn?.(conn);
-      return new StreamComm(conn, { ...this.#options, ...this.#addresses(conn) });
-    } catch (error) {
-      conn.close();
-      throw error;
-    }
+    return streamCommOver(conn, { ...this.#options, ...this.#addresses(conn) }, this.#onConn);
   }
 
   close(): Promise<void> {
@@ -75,6 +70,24 @@ export class ConnListener implements BackendListener {
       this.#onClose?.();
     }
     return Promise.resolve();
+  }
+}
+
+/**
+ * Wraps a fresh connection in a StreamComm, after `prepare` (such as
+ * setting TCP_NODELAY); the connection is closed if either fails.
+ */
+export function streamCommOver(
+  conn: Deno.Conn,
+  options: StreamCommOptions,
+  prepare?: (conn: Deno.Conn) => void,
+): StreamComm {
+  try {
+    prepare?.(conn);
+    return new StreamComm(conn, options);
+  } catch (error) {
+    conn.close();
+    throw error;
   }
 }
 

@@ -87,6 +87,7 @@ export class FrameReader {
   #end = 0;
   /** Bytes the message at #start needs, once its prelude was read. */
   #needed = 0;
+  #messageBytes = 0;
 
   constructor(maxMessageSize: number) {
     this.#maxMessageSize = maxMessageSize;
@@ -97,6 +98,11 @@ export class FrameReader {
   /** Bytes received that do not yet form a whole message. */
   get pendingBytes(): number {
     return this.#end - this.#start;
+  }
+
+  /** Bytes of the message that {@linkcode next} returned last, headers included. */
+  get messageBytes(): number {
+    return this.#messageBytes;
   }
 
   /** Bytes the incomplete message needs in all, or 0 if not yet known. */
@@ -195,6 +201,7 @@ export class FrameReader {
     }
     this.#start = offset;
     this.#needed = 0;
+    this.#messageBytes = size;
     if (this.#start === this.#end && this.#buffer.length - this.#end < MIN_READ_BYTES) {
       // Nothing pending and little room left: start the next read afresh
       // rather than copy a tail later.

@@ -6,7 +6,6 @@ import { concreteHost, ConnListener, firstInterface, isLoopback } from "./_conn_
 import { AddressError } from "./errors.ts";
 import type { Backend, BackendListener } from "./registry.ts";
 import type { ListenOptions } from "./types.ts";
-import { StreamComm, type StreamCommOptions } from "./stream_comm.ts";
 
 /** The port of an address that must name a real host and port. */
 export function connectHostPort(scheme: string, location: string): [string, number] {
@@ -70,19 +69,6 @@ export function hostPortHelpers(scheme: string): Pick<
       return unparseHostPort(firstInterface(ipv6) ?? (ipv6 ? "::" : "0.0.0.0"));
     },
   };
-}
-
-/** Wraps a fresh connection in a StreamComm, closing it if that fails. */
-export function streamCommOver(
-  conn: Deno.Conn,
-  options: StreamCommOptions,
-): StreamComm {
-  try {
-    return new StreamComm(conn, options);
-  } catch (error) {
-    conn.close();
-    throw error;
-  }
 }
 
 /** A listener of stream comms over a bound TCP or TLS Deno listener. */

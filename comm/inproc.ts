@@ -13,7 +13,7 @@ import { Queue, waitInLine } from "./_queue.ts";
 import { checkSize, type Deferred, deferred, messageOf } from "./_util.ts";
 import { AddressError, CommClosedError } from "./errors.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
-import type { Comm, CommOptions, ListenOptions, ReadOptions } from "./types.ts";
+import type { Comm, CommOptions, ReadOptions } from "./types.ts";
 
 /** Default of `highWaterMark` for inproc comms: 1024 messages. */
 const DEFAULT_INPROC_HIGH_WATER_MARK = 1024;
@@ -258,8 +258,7 @@ export const inprocBackend: Backend = {
     return Promise.resolve(client);
   },
 
-  listen(location: string, options: ListenOptions): Promise<BackendListener> {
-    highWaterMark(options);
+  listen(location: string): Promise<BackendListener> {
     const name = location === "" ? freshName() : location;
     if (listeners.has(name)) {
       return Promise.reject(

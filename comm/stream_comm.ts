@@ -394,15 +394,13 @@ export class StreamComm implements Comm {
         let frames: Uint8Array[] | undefined;
         while ((frames = reader.next()) !== undefined) {
           const message = codec.decode(frames);
-          let size = 0;
-          for (const frame of frames) size += frame.byteLength;
           const waiting = this.#readers.shift();
           if (waiting) {
             waiting.resolve(message);
           } else {
             this.#inbox.push(message);
-            this.#inboxSizes.push(size);
-            this.#inboxBytes += size;
+            this.#inboxSizes.push(reader.messageBytes);
+            this.#inboxBytes += reader.messageBytes;
           }
         }
       }

@@ -11,8 +11,8 @@ import {
   listenHostPort,
   netAddress,
   netListener,
-  streamCommOver,
 } from "./_net.ts";
+import { streamCommOver } from "./_conn_listener.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 
@@ -31,21 +31,22 @@ export const tcpBackend: Backend = {
   async connect(location: string, options: BackendConnectOptions): Promise<Comm> {
     const [hostname, port] = connectHostPort("tcp", location);
     const conn = await Deno.connect({ hostname, port, signal: options.signal });
-    conn.setNoDelay(true);
     return streamCommOver(conn, {
       ...options,
       localAddress: netAddress("tcp", conn.localAddr),
       peerAddress: `tcp://${unparseHostPort(hostname, port)}`,
-    });
+    }, setNoDelay);
   },
 
   listen(location: string, options: ListenOptions): Promise<BackendListener> {
     const [hostname, port] = listenHostPort("tcp", location);
     const listener = Deno.listen({ hostname, port });
-    return Promise.resolve(
-      netListener("tcp", listener, options, (conn) => (conn as Deno.TcpConn).setNoDelay(true)),
-    );
+    return Promise.resolve(netListener("tcp", listener, options, setNoDelay));
   },
 
   ...hostPortHelpers("tcp"),
 };
+
+function setNoDelay(conn: Deno.Conn): void {
+  (conn as Deno.TcpConn).setNoDelay(true);
+}

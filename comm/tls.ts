@@ -17,8 +17,8 @@ import {
   listenHostPort,
   netAddress,
   netListener,
-  streamCommOver,
 } from "./_net.ts";
+import { streamCommOver } from "./_conn_listener.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 
 /**

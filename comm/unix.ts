@@ -11,10 +11,9 @@
  */
 
 import { dirname, join } from "@std/path";
-import { ConnListener } from "./_conn_listener.ts";
+import { ConnListener, streamCommOver } from "./_conn_listener.ts";
 import { AddressError } from "./errors.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
-import { streamCommOver } from "./_net.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 
 const SOCKET_NAME = "comm.sock";
