@@ -11,6 +11,12 @@
 // `total`) for where a message ends, so that both dask generations read.
 
 import { ProtocolError } from "./errors.ts";
+import { describe, messageOf } from "./_util.ts";
+
+/** The `allocate` option failed: the caller's doing, not the peer's. */
+export class AllocateError extends Error {
+  override name = "AllocateError";
+}
 
 /** Bytes of the `total` and `count` words at the start of every message. */
 export const FIXED_HEADER_BYTES = 16;
@@ -72,32 +78,65 @@ export function writeHeader(
   return at - offset;
 }
 
+/** Options of a {@linkcode FrameReader} beyond `maxMessageSize`. */
+export interface FrameReaderOptions {
+  /**
+   * Frames after the first of at least this many bytes are received into
+   * buffers of their own, from `allocate` when given; smaller frames stay in
+   * the shared read buffer.
+   */
+  directFrameBytes?: number;
+  /** Where large frames are received; by default a fresh buffer each. */
+  allocate?: (size: number) => Uint8Array;
+}
+
 /**
  * Cuts messages out of a byte stream.
  *
  * Bytes are read straight into {@linkcode FrameReader.space} and handed out as
  * views, never copied twice: a buffer is only written past the bytes already
  * handed out, so decoded messages may keep views into it.
+ *
+ * A message holding a large frame after the first (a binary payload) is taken
+ * frame by frame: once the reader reaches that frame, `space()` is the frame's
+ * own buffer, so the payload is read in place (into the caller's memory when
+ * `allocate` is given) and the message never needs one buffer for all of it.
  */
 export class FrameReader {
   #maxMessageSize: number;
+  #directFrameBytes: number;
+  #allocate: ((size: number) => Uint8Array) | undefined;
   #buffer: Uint8Array;
   #view: DataView;
   #start = 0;
   #end = 0;
-  /** Bytes the message at #start needs, once its prelude was read. */
+  /** Bytes needed at #start: of the whole message, or of the frame being assembled. */
   #needed = 0;
   #messageBytes = 0;
 
-  constructor(maxMessageSize: number) {
+  // A message taken frame by frame.
+  #frames: Uint8Array[] | undefined;
+  #lengths: number[] = [];
+  #index = 0;
+  /** Bytes of the message already placed in #frames, its header included. */
+  #assembled = 0;
+  #assemblySize = 0;
+  /** The buffer that the frame at #index is being read into, if its own. */
+  #direct: Uint8Array | undefined;
+  #directFilled = 0;
+
+  constructor(maxMessageSize: number, options: FrameReaderOptions = {}) {
     this.#maxMessageSize = maxMessageSize;
+    this.#directFrameBytes = options.directFrameBytes ?? 64 * 1024;
+    this.#allocate = options.allocate;
     this.#buffer = new Uint8Array(READ_CHUNK_BYTES);
     this.#view = new DataView(this.#buffer.buffer);
   }
 
   /** Bytes received that do not yet form a whole message. */
   get pendingBytes(): number {
-    return this.#end - this.#start;
+    const buffered = this.#end - this.#start;
+    return this.#frames ? this.#assembled + this.#directFilled + buffered : buffered;
   }
 
   /** Bytes of the message that {@linkcode next} returned last, headers included. */
@@ -107,11 +146,12 @@ export class FrameReader {
 
   /** Bytes the incomplete message needs in all, or 0 if not yet known. */
   get neededBytes(): number {
-    return this.#needed;
+    return this.#frames ? this.#assemblySize : this.#needed;
   }
 
   /** Where the next read should put its bytes. */
   space(): Uint8Array {
+    if (this.#direct) return this.#direct.subarray(this.#directFilled);
     const pending = this.#end - this.#start;
     const wanted = Math.max(this.#needed, pending + MIN_READ_BYTES);
     if (this.#start + wanted > this.#buffer.length) {
@@ -130,7 +170,18 @@ export class FrameReader {
 
   /** Records that `n` bytes were read into the last {@linkcode space}. */
   commit(n: number): void {
-    this.#end += n;
+    const direct = this.#direct;
+    if (direct === undefined) {
+      this.#end += n;
+      return;
+    }
+    this.#directFilled += n;
+    if (this.#directFilled === direct.length) {
+      this.#frames![this.#index++] = direct;
+      this.#assembled += direct.length;
+      this.#direct = undefined;
+      this.#directFilled = 0;
+    }
   }
 
   /**
@@ -139,8 +190,10 @@ export class FrameReader {
    *
    * @throws {ProtocolError} If the header breaks the protocol or announces
    * more than `maxMessageSize` bytes.
+   * @throws {AllocateError} If `allocate` throws or returns less than asked for.
    */
   next(): Uint8Array[] | undefined {
+    if (this.#frames) return this.#assemble();
     const available = this.#end - this.#start;
     if (this.#needed !== 0 && available < this.#needed) return undefined;
     if (available < FIXED_HEADER_BYTES) return undefined;
@@ -176,9 +229,12 @@ export class FrameReader {
       return undefined;
     }
     let size = prelude;
+    let direct = false;
     let at = start + FIXED_HEADER_BYTES;
     for (let i = 0; i < count; i++, at += LENGTH_BYTES) {
-      size += getU64(view, at);
+      const length = getU64(view, at);
+      size += length;
+      if (i > 0 && length >= this.#directFrameBytes) direct = true;
     }
     if (size - LENGTH_BYTES > max) {
       throw new ProtocolError(
@@ -186,6 +242,20 @@ export class FrameReader {
           formatSize(size - prelude)
         } bytes, more than maxMessageSize (${max}): raise maxMessageSize if the peer is trusted`,
       );
+    }
+    if (direct && (available < size || this.#allocate)) {
+      // Take it frame by frame, large frames into buffers of their own.
+      const lengths = new Array<number>(count);
+      at = start + FIXED_HEADER_BYTES;
+      for (let i = 0; i < count; i++, at += LENGTH_BYTES) lengths[i] = getU64(view, at);
+      this.#lengths = lengths;
+      this.#frames = new Array<Uint8Array>(count);
+      this.#index = 0;
+      this.#assembled = prelude;
+      this.#assemblySize = size;
+      this.#start = start + prelude;
+      this.#needed = 0;
+      return this.#assemble();
     }
     if (available < size) {
       this.#needed = size;
@@ -202,14 +272,84 @@ export class FrameReader {
     this.#start = offset;
     this.#needed = 0;
     this.#messageBytes = size;
+    this.#freshenIfSpent();
+    return frames;
+  }
+
+  /** Places the frames of a message taken frame by frame, as far as received. */
+  #assemble(): Uint8Array[] | undefined {
+    if (this.#direct) return undefined;
+    const frames = this.#frames!;
+    const lengths = this.#lengths;
+    while (this.#index < frames.length) {
+      const length = lengths[this.#index];
+      const start = this.#start;
+      const available = this.#end - start;
+      if (this.#index > 0 && length >= this.#directFrameBytes) {
+        if (!this.#allocate && available >= length) {
+          frames[this.#index++] = this.#buffer.subarray(start, start + length);
+        } else {
+          // Its own buffer; what already arrived is copied in, the rest is
+          // read straight into it.
+          const target = this.#allocateFrame(length);
+          const n = Math.min(available, length);
+          target.set(this.#buffer.subarray(start, start + n));
+          this.#start += n;
+          if (n < length) {
+            this.#direct = target;
+            this.#directFilled = n;
+            return undefined;
+          }
+          frames[this.#index++] = target;
+          this.#assembled += length;
+          continue;
+        }
+      } else if (available >= length) {
+        frames[this.#index++] = this.#buffer.subarray(start, start + length);
+      } else {
+        this.#needed = length;
+        return undefined;
+      }
+      this.#start += length;
+      this.#assembled += length;
+    }
+    this.#frames = undefined;
+    this.#lengths = [];
+    this.#needed = 0;
+    this.#messageBytes = this.#assemblySize;
+    this.#freshenIfSpent();
+    return frames;
+  }
+
+  #allocateFrame(length: number): Uint8Array {
+    const allocate = this.#allocate;
+    if (!allocate) return new Uint8Array(length);
+    let buffer: Uint8Array;
+    try {
+      buffer = allocate(length);
+    } catch (error) {
+      throw new AllocateError(`allocate(${length}) threw: ${messageOf(error)}`, { cause: error });
+    }
+    if (!(buffer instanceof Uint8Array) || buffer.length < length) {
+      throw new AllocateError(
+        `allocate(${length}) returned ${
+          buffer instanceof Uint8Array ? `${buffer.length} bytes` : describe(buffer)
+        }: it must return a Uint8Array of at least the size asked for`,
+      );
+    }
+    return buffer.length === length ? buffer : buffer.subarray(0, length);
+  }
+
+  /**
+   * With nothing pending and little room left, the next read goes into a
+   * fresh buffer rather than copy a tail later.
+   */
+  #freshenIfSpent(): void {
     if (this.#start === this.#end && this.#buffer.length - this.#end < MIN_READ_BYTES) {
-      // Nothing pending and little room left: start the next read afresh
-      // rather than copy a tail later.
       this.#buffer = new Uint8Array(READ_CHUNK_BYTES);
       this.#view = new DataView(this.#buffer.buffer);
       this.#start = this.#end = 0;
     }
-    return frames;
   }
 }
 

@@ -104,3 +104,15 @@ export function checkSize(name: string, value: number | undefined, fallback: num
   }
   return value;
 }
+
+/** Checks the `allocate` option: a function, or undefined. */
+export function checkAllocate(
+  value: ((size: number) => Uint8Array) | undefined,
+): ((size: number) => Uint8Array) | undefined {
+  if (value !== undefined && typeof value !== "function") {
+    throw new TypeError(
+      `Invalid allocate ${describe(value)}: expected a function that returns a Uint8Array`,
+    );
+  }
+  return value;
+}

@@ -10,6 +10,7 @@ import { parseAddress, unparseAddress } from "./addressing.ts";
 import { Queue } from "./_queue.ts";
 import {
   abortable,
+  checkAllocate,
   checkDuration,
   checkSize,
   type Deferred,
@@ -308,6 +309,7 @@ function checkCommOptions(options: CommOptions): void {
   checkSize("maxMessageSize", options.maxMessageSize, 1);
   checkSize("highWaterMark", options.highWaterMark, 1);
   checkSize("binaryFrameThreshold", options.binaryFrameThreshold, 1);
+  checkAllocate(options.allocate);
 }
 
 /** Both sides write their handshake and read the peer's. */

@@ -9,9 +9,9 @@
  */
 
 import { type Codec, createCodec } from "./_codec.ts";
-import { FrameReader, headerSize, writeHeader } from "./_framing.ts";
+import { AllocateError, FrameReader, headerSize, writeHeader } from "./_framing.ts";
 import { Queue, waitInLine } from "./_queue.ts";
-import { checkSize, type Deferred, deferred, messageOf } from "./_util.ts";
+import { checkAllocate, checkSize, type Deferred, deferred, messageOf } from "./_util.ts";
 import { CommClosedError, ProtocolError } from "./errors.ts";
 import type { Comm, CommOptions, ReadOptions } from "./types.ts";
 
@@ -204,16 +204,16 @@ export class StreamComm implements Comm {
       options.highWaterMark,
       DEFAULT_STREAM_HIGH_WATER_MARK,
     );
+    const binaryFrameThreshold = checkSize(
+      "binaryFrameThreshold",
+      options.binaryFrameThreshold,
+      DEFAULT_BINARY_FRAME_THRESHOLD,
+    );
     this.#reader = new FrameReader(
       checkSize("maxMessageSize", options.maxMessageSize, DEFAULT_MAX_MESSAGE_SIZE),
+      { directFrameBytes: binaryFrameThreshold, allocate: checkAllocate(options.allocate) },
     );
-    this.#codec = createCodec({
-      binaryFrameThreshold: checkSize(
-        "binaryFrameThreshold",
-        options.binaryFrameThreshold,
-        DEFAULT_BINARY_FRAME_THRESHOLD,
-      ),
-    });
+    this.#codec = createCodec({ binaryFrameThreshold });
     this.#readLoop = this.#runReadLoop();
   }
 
@@ -433,6 +433,11 @@ export class StreamComm implements Comm {
   }
 
   #lost(error: unknown): CommClosedError {
+    if (error instanceof AllocateError) {
+      return new CommClosedError(`Closed the comm to "${this.#peerAddress}": ${error.message}`, {
+        cause: error.cause ?? error,
+      });
+    }
     if (error instanceof ProtocolError) {
       return new ProtocolError(
         `Closed the comm to "${this.#peerAddress}": ${error.message}`,

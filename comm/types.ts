@@ -213,6 +213,47 @@ export interface CommOptions {
    * @default {65536}
    */
   binaryFrameThreshold?: number;
+  /**
+   * Where large received binaries are put: called with the size of each
+   * incoming frame of at least `binaryFrameThreshold` bytes that is not a
+   * message's first (the frames binaries travel in), it returns a
+   * `Uint8Array` of at least that size, and the frame is read straight into
+   * it. The message read then holds a view of it of exactly that size.
+   *
+   * Fresh buffers cost page faults: over loopback, receiving 64 MiB
+   * messages into recycled buffers is about 3x faster than into fresh ones.
+   * Recycle a buffer only once nothing uses the message that held it. If
+   * `allocate` throws or returns too little, the comm is closed with a
+   * `CommClosedError` whose cause says why. Stream transports only:
+   * `inproc` passes messages by reference and never calls it.
+   *
+   * @example Recycling one receive buffer
+   * ```ts
+   * import { type Comm, connect, listen } from "@x/comm";
+   * import { assert, assertEquals } from "@std/assert";
+   *
+   * let spare: Uint8Array | undefined;
+   * const allocate = (size: number) => {
+   *   const buffer = spare && spare.length >= size ? spare : new Uint8Array(size);
+   *   spare = undefined;
+   *   return buffer;
+   * };
+   * await using listener = await listen("tcp://127.0.0.1:0", { allocate });
+   * const accepting = listener[Symbol.asyncIterator]().next();
+   * await using client = await connect(listener.contactAddress);
+   * await using server = (await accepting).value as Comm;
+   * let first: Uint8Array | undefined;
+   * for (let i = 0; i < 3; i++) {
+   *   await client.write(new Uint8Array(1024 * 1024).fill(i));
+   *   const received = await server.read() as Uint8Array;
+   *   assertEquals(received[0], i);
+   *   first ??= received;
+   *   assert(received.buffer === first.buffer); // the same memory each time
+   *   spare = received; // done with it: recycle
+   * }
+   * ```
+   */
+  allocate?: (size: number) => Uint8Array;
 }
 
 /**

@@ -248,6 +248,65 @@ export function commSuite(name: string, setup: CommSuiteSetup): void {
     assertEquals(overwritten, [], "messages the client found overwritten");
   });
 
+  test("Comm.read() puts large binaries into the memory allocate gives", async () => {
+    await using at = await site();
+    await using listener = await serve(at, echo);
+    const pool = [new Uint8Array(300_000), new Uint8Array(300_000)];
+    const asked: number[] = [];
+    await using comm = await dial(listener.contactAddress, {
+      allocate: (size) => {
+        asked.push(size);
+        return pool.shift() ?? new Uint8Array(size);
+      },
+    });
+    const first = new Uint8Array(200_000).map((_, i) => i % 251);
+    const second = new Uint8Array(100_000).fill(9);
+    const message = { first, small: new Uint8Array(100).fill(1), second };
+    await comm.write(message);
+    const received = await comm.read() as typeof message;
+    assertEquals(received, message);
+    if (setup.byReference) {
+      assertEquals(asked, [], "inproc passes messages by reference and allocates nothing");
+      return;
+    }
+    assertEquals(asked, [200_000, 100_000], "allocate is asked for each large binary only");
+    assertEquals(received.first.byteOffset, 0);
+    assertEquals(received.first.buffer.byteLength, 300_000, "not the pool's buffer");
+    assertEquals(received.second.buffer.byteLength, 300_000, "not the pool's buffer");
+  });
+
+  test("Comm.read() rejects with CommClosedError when allocate throws", async () => {
+    await using at = await site();
+    await using listener = await serve(at, echo);
+    await using comm = await dial(listener.contactAddress, {
+      allocate: () => {
+        throw new RangeError("pool exhausted");
+      },
+    });
+    await comm.write("small messages never ask");
+    assertEquals(await comm.read(), "small messages never ask");
+    await comm.write(new Uint8Array(100_000));
+    if (setup.byReference) {
+      assertEquals((await comm.read() as Uint8Array).length, 100_000);
+      return;
+    }
+    const error = await assertRejects(() => comm.read(), CommClosedError);
+    assertStringIncludes(error.message, "allocate(100000) threw: pool exhausted");
+    assertInstanceOf(error.cause, RangeError);
+  });
+
+  test("connect() and listen() throw TypeError when allocate is not a function", async () => {
+    await using at = await site();
+    const allocate = 42 as unknown as () => Uint8Array;
+    await assertRejects(() => serve(at, echo, { allocate }), TypeError, "Invalid allocate 42");
+    await using listener = await serve(at, echo);
+    await assertRejects(
+      () => dial(listener.contactAddress, { allocate }),
+      TypeError,
+      "Invalid allocate 42",
+    );
+  });
+
   test("Comm.read() gets every message that arrived before any was read", async () => {
     await using at = await site();
     await using listener = await serve(at);

@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertInstanceOf, assertThrows } from "@std/assert";
 import { Encoder } from "@msgpack/msgpack";
 import { createCodec } from "../comm/_codec.ts";
-import { FrameReader, headerSize, setU64, writeHeader } from "../comm/_framing.ts";
+import { AllocateError, FrameReader, headerSize, setU64, writeHeader } from "../comm/_framing.ts";
 import { ProtocolError, Serialized } from "../mod.ts";
 
 const MAX = 1 << 20;
@@ -118,8 +118,8 @@ Deno.test("FrameReader.space() reads a large frame in place", () => {
   }
   if (!message) throw new Error("no message");
   assertEquals(message[1], payload);
-  // After the header is known, one buffer holds the whole message: the
-  // payload is a view into it, and at most a couple of reads were needed.
+  // After the header is known, the payload gets a buffer of its own and the
+  // rest of it is read straight into it: a couple of reads in all.
   assert(reads <= 3, `took ${reads} reads`);
 });
 
@@ -316,4 +316,93 @@ Deno.test("Codec decodes a payload referenced many times once", () => {
   assertEquals(decoded.length, 50);
   assertEquals(decoded[0].length, 2000);
   assert(decoded.every((d) => d === decoded[0]), "one joined buffer, shared");
+});
+
+/** A message with large frames among small ones, around two small ones. */
+function mixedStream(): { bytes: Uint8Array; big: Uint8Array[] } {
+  const small = frame([new Uint8Array([1, 2, 3])]);
+  const big = [
+    new Uint8Array(200_000).map((_, i) => i % 253), // a large first frame: never allocated
+    new Uint8Array([4, 5]),
+    new Uint8Array(70_000).map((_, i) => i % 241),
+    new Uint8Array(5).fill(6),
+    new Uint8Array(100_000).map((_, i) => i % 239),
+    new Uint8Array(0),
+  ];
+  return { bytes: new Uint8Array([...small, ...frame(big), ...small]), big };
+}
+
+Deno.test("FrameReader takes messages with large frames frame by frame, split anywhere", () => {
+  const { bytes, big } = mixedStream();
+  for (const step of [1, 13, 1000, 65_536, 70_001, bytes.length]) {
+    for (const pooled of [false, true]) {
+      const sizes: number[] = [];
+      const allocate = pooled
+        ? (size: number) => {
+          sizes.push(size);
+          return new Uint8Array(size + 10); // larger than asked: a view is cut from it
+        }
+        : undefined;
+      const reader = new FrameReader(MAX, { directFrameBytes: 65_536, allocate });
+      const messages = feed(reader, bytes, step);
+      assertEquals(messages.length, 3, `step ${step}`);
+      assertEquals(messages[0], [new Uint8Array([1, 2, 3])]);
+      assertEquals(messages[1], big, `step ${step}`);
+      assertEquals(messages[2], messages[0]);
+      assertEquals(reader.pendingBytes, 0);
+      if (pooled) assertEquals(sizes, [70_000, 100_000]);
+    }
+  }
+});
+
+Deno.test("FrameReader reads large frames into the memory allocate gives", () => {
+  const { bytes, big } = mixedStream();
+  const given: Uint8Array[] = [];
+  const reader = new FrameReader(MAX, {
+    directFrameBytes: 65_536,
+    allocate: (size) => {
+      const buffer = new Uint8Array(size);
+      given.push(buffer);
+      return buffer;
+    },
+  });
+  const messages: Uint8Array[][] = [];
+  for (let at = 0, reads = 0; at < bytes.length; reads++) {
+    assert(reads < 1000, "too many reads");
+    const space = reader.space();
+    const n = Math.min(4096, space.length, bytes.length - at);
+    space.set(bytes.subarray(at, at + n));
+    reader.commit(n);
+    at += n;
+    for (let m; (m = reader.next());) messages.push(m);
+  }
+  assertEquals(messages.length, 3);
+  // The frames handed out are the very buffers allocate returned.
+  assert(messages[1][2] === given[0]);
+  assert(messages[1][4] === given[1]);
+  assertEquals(given[0], big[2]);
+  assertEquals(given[1], big[4]);
+});
+
+Deno.test("FrameReader says how much of a message arrived while reading a large frame", () => {
+  const { bytes } = mixedStream();
+  const reader = new FrameReader(MAX, { directFrameBytes: 65_536 });
+  const first = headerSize(1) + 3;
+  const cut = first + headerSize(6) + 200_000 + 2 + 30_000;
+  assertEquals(feed(reader, bytes.subarray(0, cut), 4096).length, 1);
+  assertEquals(reader.pendingBytes, cut - first);
+  assertEquals(reader.neededBytes, headerSize(6) + 200_000 + 2 + 70_000 + 5 + 100_000);
+});
+
+Deno.test("FrameReader refuses an allocate that returns too little", () => {
+  for (const bad of [new Uint8Array(10), new ArrayBuffer(100_000), "no"]) {
+    const reader = new FrameReader(MAX, {
+      directFrameBytes: 1000,
+      allocate: () => bad as Uint8Array,
+    });
+    const bytes = frame([new Uint8Array(1), new Uint8Array(5000)]);
+    reader.space().set(bytes.subarray(0, 100));
+    reader.commit(100);
+    assertThrows(() => reader.next(), AllocateError, "allocate(5000) returned");
+  }
 });
