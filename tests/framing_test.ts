@@ -406,3 +406,32 @@ Deno.test("FrameReader refuses an allocate that returns too little", () => {
     assertThrows(() => reader.next(), AllocateError, "allocate(5000) returned");
   }
 });
+
+Deno.test("Codec decodes map keys right whatever its key cache holds", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1 << 16 });
+  // Deterministic keys: ASCII and not, 1 to 40 bytes, many more than the
+  // cache has slots, so that slots are shared and overwritten.
+  let seed = 7;
+  const random = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  const alphabet = "abcxyz_-09AZé€𝄞";
+  const keys = new Set<string>();
+  while (keys.size < 10_000) {
+    const length = 1 + Math.floor(random() * 24);
+    let key = "";
+    for (let i = 0; i < length; i++) key += [...alphabet][Math.floor(random() * 15)];
+    keys.add(key);
+  }
+  const record: Record<string, number> = {};
+  let i = 0;
+  for (const key of keys) record[key] = i++;
+  for (let round = 0; round < 3; round++) {
+    const frames = codec.encode(record).map((f) => f.slice());
+    assertEquals(codec.decode(frames), record);
+    // Keys met one by one, in other orders, in small maps.
+    const some = [...keys].filter((_, j) => j % (round + 2) === 0).reverse();
+    for (const key of some.slice(0, 2000)) {
+      const small = codec.encode({ [key]: 1, [key + "!"]: 2 }).map((f) => f.slice());
+      assertEquals(codec.decode(small), { [key]: 1, [key + "!"]: 2 });
+    }
+  }
+});
