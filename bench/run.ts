@@ -1,32 +1,49 @@
 /**
  * Benchmarks: @x/comm against a minimal raw-Deno reference with the same
- * framing, measured side by side in one run (alternating repetitions,
- * medians), reported as ratios. `deno task bench`.
+ * framing (`bench/_raw.ts`), and dask's comm where Debian's `python3` has
+ * it (`bench/dask_bench.py`), measured side by side in one run: alternating
+ * repetitions, medians, reported as ratios. `deno task bench`.
  *
- * Workloads (one process, loopback):
- * - W1 ping-pong: one small message there and back, awaited.
- * - W2 one way: `for (...) await comm.write(msg)`, reader counts.
- * - W3 bulk: one 64 MiB binary message one way.
+ * Workloads (loopback):
+ * - W1 ping-pong: one small message there and back, awaited; in one
+ *   process over tcp, unix and tls, and across two processes over tcp.
+ * - W2 one way: `for (...) await comm.write(msg)`, against the coalesced
+ *   raw ceiling (and, for reference, raw with one write per message).
+ * - W3 bulk: 64 MiB binary messages one way over tcp and unix, received into
+ *   fresh buffers and into recycled ones (the `allocate` option).
+ * - W4 inproc: one way between two tasks, against a bare async queue.
+ * - Memory: peak resident memory while moving 2 GiB in 64 MiB messages.
  *
- * Writes the table as JSON to `bench/results/latest.json` too.
+ * Prints one table and writes it as JSON to `bench/results/latest.json`.
+ * `BENCH_REPEATS` sets the repetitions (default 5); `BENCH_ONLY` a
+ * comma-separated list of row keys to run.
  *
  * @module
  */
 
-import { Decoder, Encoder } from "@msgpack/msgpack";
-import { connect, listen } from "../mod.ts";
+import { type Comm, connect, listen, type ListenOptions } from "../mod.ts";
+import * as raw from "./_raw.ts";
 
 const REPEATS = Number(Deno.env.get("BENCH_REPEATS") ?? 5);
+const ONLY = Deno.env.get("BENCH_ONLY")?.split(",");
 const W1_COUNT = 5_000;
 const W2_COUNT = 200_000;
 const W3_BYTES = 64 * 1024 * 1024;
+const W3_MESSAGES = 4;
+const W4_COUNT = 500_000;
 
-interface Result {
+interface Row {
+  key: string;
   workload: string;
-  transport: string;
   unit: string;
   ours: number;
-  raw: number;
+  /** The raw-Deno reference measured in the same run. */
+  raw?: number;
+  /** What `ours / raw` (or `ours` for absolute targets) must reach. */
+  target?: string;
+  pass?: boolean;
+  dask?: number;
+  note?: string;
 }
 
 function median(values: number[]): number {
@@ -34,253 +51,400 @@ function median(values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)];
 }
 
-// ---- the raw reference: Deno.Conn, dask framing, msgpack, no library ----
-
-function rawFrame(encoder: Encoder, message: unknown): Uint8Array {
-  const body = encoder.encode(message);
-  const out = new Uint8Array(24 + body.length);
-  const view = new DataView(out.buffer);
-  view.setBigUint64(0, BigInt(16 + body.length), true);
-  view.setBigUint64(8, 1n, true);
-  view.setBigUint64(16, BigInt(body.length), true);
-  out.set(body, 24);
-  return out;
-}
-
-class RawReader {
-  #conn: Deno.Conn;
-  #buffer = new Uint8Array(256 * 1024);
-  #start = 0;
-  #end = 0;
-  constructor(conn: Deno.Conn) {
-    this.#conn = conn;
+/** Runs `ours` and `reference` alternately, REPEATS times each; medians. */
+async function sideBySide(
+  ours: () => Promise<number>,
+  reference: () => Promise<number>,
+): Promise<[number, number]> {
+  const a: number[] = [];
+  const b: number[] = [];
+  for (let i = 0; i < REPEATS; i++) {
+    b.push(await reference());
+    a.push(await ours());
   }
-  /** Reads one message's frames (each a copy-free view). */
-  async next(): Promise<Uint8Array[]> {
-    while (true) {
-      const available = this.#end - this.#start;
-      if (available >= 16) {
-        const view = new DataView(this.#buffer.buffer, this.#start);
-        const count = Number(view.getBigUint64(8, true));
-        const prelude = 16 + 8 * count;
-        if (available >= prelude) {
-          let size = prelude;
-          for (let i = 0; i < count; i++) size += Number(view.getBigUint64(16 + 8 * i, true));
-          if (available >= size) {
-            const frames: Uint8Array[] = [];
-            let at = this.#start + prelude;
-            for (let i = 0; i < count; i++) {
-              const length = Number(view.getBigUint64(16 + 8 * i, true));
-              frames.push(this.#buffer.subarray(at, at + length));
-              at += length;
-            }
-            this.#start += size;
-            return frames;
-          }
-          if (this.#start + size > this.#buffer.length) this.#grow(size);
-        }
-      }
-      if (this.#buffer.length - this.#end < 16 * 1024) this.#grow(256 * 1024);
-      const n = await this.#conn.read(this.#buffer.subarray(this.#end));
-      if (n === null) throw new Error("raw peer closed");
-      this.#end += n;
-    }
-  }
-  #grow(size: number) {
-    const fresh = new Uint8Array(Math.max(size, 256 * 1024));
-    fresh.set(this.#buffer.subarray(this.#start, this.#end));
-    this.#end -= this.#start;
-    this.#start = 0;
-    this.#buffer = fresh;
-  }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array) {
-  for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
-}
-
-async function rawPair(): Promise<[Deno.Conn, Deno.Conn, () => void]> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const accepting = listener.accept();
-  const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-  const server = await accepting;
-  client.setNoDelay(true);
-  (server as Deno.TcpConn).setNoDelay(true);
-  return [client, server, () => {
-    client.close();
-    server.close();
-    listener.close();
-  }];
-}
-
-async function rawPingPong(): Promise<number> {
-  const [client, server, close] = await rawPair();
-  const encoder = new Encoder();
-  const decoder = new Decoder();
-  const serverReader = new RawReader(server);
-  const echo = (async () => {
-    for (let i = 0; i < W1_COUNT; i++) {
-      const [body] = await serverReader.next();
-      await writeAll(server, rawFrame(encoder, decoder.decode(body)));
-    }
-  })();
-  const reader = new RawReader(client);
-  const start = performance.now();
-  for (let i = 0; i < W1_COUNT; i++) {
-    await writeAll(client, rawFrame(encoder, { op: "ping", i }));
-    decoder.decode((await reader.next())[0]);
-  }
-  const seconds = (performance.now() - start) / 1000;
-  await echo;
-  close();
-  return W1_COUNT / seconds;
-}
-
-async function rawOneWay(): Promise<number> {
-  const [client, server, close] = await rawPair();
-  const encoder = new Encoder();
-  const decoder = new Decoder();
-  const reader = new RawReader(server);
-  const start = performance.now();
-  const receiving = (async () => {
-    for (let i = 0; i < W2_COUNT; i++) decoder.decode((await reader.next())[0]);
-  })();
-  // The coalesced ceiling: encode into one buffer, write in 64 KiB batches.
-  let batch: Uint8Array[] = [];
-  let size = 0;
-  for (let i = 0; i < W2_COUNT; i++) {
-    const frame = rawFrame(encoder, { op: "data", i });
-    batch.push(frame);
-    size += frame.length;
-    if (size >= 64 * 1024 || i === W2_COUNT - 1) {
-      const joined = new Uint8Array(size);
-      let at = 0;
-      for (const f of batch) {
-        joined.set(f, at);
-        at += f.length;
-      }
-      await writeAll(client, joined);
-      batch = [];
-      size = 0;
-    }
-  }
-  await receiving;
-  const seconds = (performance.now() - start) / 1000;
-  close();
-  return W2_COUNT / seconds;
-}
-
-async function rawBulk(): Promise<number> {
-  const [client, server, close] = await rawPair();
-  const payload = new Uint8Array(W3_BYTES);
-  const reader = new RawReader(server);
-  const start = performance.now();
-  const receiving = reader.next();
-  const header = new Uint8Array(24);
-  const view = new DataView(header.buffer);
-  view.setBigUint64(0, BigInt(16 + W3_BYTES), true);
-  view.setBigUint64(8, 1n, true);
-  view.setBigUint64(16, BigInt(W3_BYTES), true);
-  await writeAll(client, header);
-  await writeAll(client, payload);
-  const [frame] = await receiving;
-  const seconds = (performance.now() - start) / 1000;
-  if (frame.length !== W3_BYTES) throw new Error("raw bulk truncated");
-  close();
-  return W3_BYTES / 1e9 / seconds;
+  return [median(a), median(b)];
 }
 
 // ---- ours ----
 
-async function oursPingPong(address: string): Promise<number> {
-  await using listener = await listen(address, async (comm) => {
-    for await (const message of comm) await comm.write(message);
-  });
-  await using comm = await connect(listener.contactAddress);
+interface Setup {
+  address: string;
+  listen?: ListenOptions;
+  connect?: Parameters<typeof connect>[1];
+}
+
+async function setups(): Promise<Record<raw.Transport, Setup>> {
+  const { cert, key, ca } = await raw.tlsMaterial();
+  return {
+    tcp: { address: "tcp://127.0.0.1:0" },
+    unix: { address: "unix://" },
+    tls: { address: "tls://127.0.0.1:0", listen: { cert, key }, connect: { caCerts: [ca] } },
+  };
+}
+
+/** A connected pair of our comms over `setup`. */
+async function ourPair(
+  setup: Setup,
+  options: { listen?: ListenOptions } = {},
+): Promise<{ client: Comm; server: Comm; close: () => Promise<void> }> {
+  const listener = await listen(setup.address, { ...setup.listen, ...options.listen });
+  const accepting = listener[Symbol.asyncIterator]().next();
+  const address = setup.address.startsWith("tls:")
+    ? listener.contactAddress.replace("127.0.0.1", "localhost")
+    : listener.contactAddress;
+  const client = await connect(address, setup.connect);
+  const server = (await accepting).value as Comm;
+  return {
+    client,
+    server,
+    async close() {
+      await client.close();
+      await server.close();
+      await listener.close();
+    },
+  };
+}
+
+async function ourPingPong(client: Comm, count: number): Promise<number> {
   const start = performance.now();
-  for (let i = 0; i < W1_COUNT; i++) {
-    await comm.write({ op: "ping", i });
-    await comm.read();
+  for (let i = 0; i < count; i++) {
+    await client.write({ op: "ping", i });
+    await client.read();
   }
-  return W1_COUNT / ((performance.now() - start) / 1000);
+  return count / ((performance.now() - start) / 1000);
 }
 
-async function oursOneWay(address: string): Promise<number> {
-  let done!: () => void;
-  const finished = new Promise<void>((resolve) => done = resolve);
-  await using listener = await listen(address, async (comm) => {
-    for (let i = 0; i < W2_COUNT; i++) await comm.read();
-    done();
-  });
-  await using comm = await connect(listener.contactAddress);
+async function ourEcho(comm: Comm): Promise<void> {
+  try {
+    for await (const message of comm) await comm.write(message);
+  } catch {
+    // Closed under us at the end.
+  }
+}
+
+async function ourOneWay(client: Comm, server: Comm, count: number): Promise<number> {
   const start = performance.now();
-  for (let i = 0; i < W2_COUNT; i++) await comm.write({ op: "data", i });
-  await finished;
-  return W2_COUNT / ((performance.now() - start) / 1000);
+  const receiving = (async () => {
+    for (let i = 0; i < count; i++) await server.read();
+  })();
+  for (let i = 0; i < count; i++) await client.write({ op: "data", i });
+  await receiving;
+  return count / ((performance.now() - start) / 1000);
 }
 
-async function oursBulk(address: string): Promise<number> {
-  let received!: (n: number) => void;
-  const got = new Promise<number>((resolve) => received = resolve);
-  await using listener = await listen(address, async (comm) => {
-    received(((await comm.read()) as Uint8Array).length);
-  });
-  await using comm = await connect(listener.contactAddress);
+/** A one-buffer pool for `allocate`: what a program that recycles does. */
+function recycler(): { allocate: (size: number) => Uint8Array; release: (b: Uint8Array) => void } {
+  let spare: Uint8Array | undefined;
+  return {
+    allocate(size) {
+      const buffer = spare && spare.length >= size ? spare : new Uint8Array(size);
+      spare = undefined;
+      return buffer.subarray(0, size);
+    },
+    release(bytes) {
+      spare = new Uint8Array(bytes.buffer, 0, bytes.buffer.byteLength);
+    },
+  };
+}
+
+async function ourBulk(
+  client: Comm,
+  server: Comm,
+  count: number,
+  release?: (bytes: Uint8Array) => void,
+): Promise<number> {
   const payload = new Uint8Array(W3_BYTES);
   const start = performance.now();
-  await comm.write(payload);
-  const length = await got;
-  const seconds = (performance.now() - start) / 1000;
-  if (length !== W3_BYTES) throw new Error("bulk truncated");
-  return W3_BYTES / 1e9 / seconds;
+  const receiving = (async () => {
+    for (let i = 0; i < count; i++) {
+      const body = await server.read() as Uint8Array;
+      if (body.length !== W3_BYTES) throw new Error("bulk truncated");
+      release?.(body);
+    }
+  })();
+  for (let i = 0; i < count; i++) await client.write(payload);
+  await receiving;
+  return (W3_BYTES * count) / 1e9 / ((performance.now() - start) / 1000);
 }
 
-async function measure(
-  workload: string,
-  unit: string,
-  ours: () => Promise<number>,
-  raw: () => Promise<number>,
-): Promise<Result> {
-  const oursRuns: number[] = [];
-  const rawRuns: number[] = [];
-  for (let i = 0; i < REPEATS; i++) {
-    rawRuns.push(await raw());
-    oursRuns.push(await ours());
+// ---- processes ----
+
+/** Starts `bench/_peer.ts` in `mode`; its address and a stop function. */
+async function startPeer(
+  mode: "ours" | "raw",
+): Promise<{ address: string; stop: () => Promise<void> }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", new URL("./_peer.ts", import.meta.url).pathname, mode],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let line = "";
+  while (!line.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`bench peer (${mode}) exited before printing its address`);
+    line += value;
   }
-  return { workload, transport: "tcp", unit, ours: median(oursRuns), raw: median(rawRuns) };
+  return {
+    address: line.trim(),
+    async stop() {
+      await child.stdin.close();
+      await reader.cancel();
+      await child.status;
+    },
+  };
 }
 
-const results: Result[] = [];
-console.log(`Measuring (${REPEATS} alternating repetitions each, medians)...`);
-const tcp = "tcp://127.0.0.1:0";
-results.push(
-  await measure("W1 ping-pong, one process", "round trips/s", () => oursPingPong(tcp), rawPingPong),
-);
-results.push(
-  await measure(
-    "W2 small messages one way",
-    "msgs/s",
-    () => oursOneWay(tcp),
-    rawOneWay,
-  ),
-);
-results.push(await measure("W3 64 MiB binary", "GB/s", () => oursBulk(tcp), rawBulk));
+async function memoryPeak(mode: "fresh" | "recycled"): Promise<number> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", new URL("./_memory.ts", import.meta.url).pathname, mode],
+    stderr: "inherit",
+  }).output();
+  if (!output.success) throw new Error(`memory bench (${mode}) failed`);
+  return JSON.parse(new TextDecoder().decode(output.stdout)).peakRss;
+}
 
-const format = (n: number) => n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(2);
-console.log("");
-console.log(
-  "workload".padEnd(30) + "unit".padEnd(15) + "@x/comm".padEnd(14) + "raw Deno".padEnd(14) +
-    "ratio",
-);
-for (const r of results) {
-  console.log(
-    r.workload.padEnd(30) + r.unit.padEnd(15) + format(r.ours).padEnd(14) +
-      format(r.raw).padEnd(14) + (r.ours / r.raw).toFixed(2) + "x",
+interface DaskResults {
+  results?: Record<string, number>;
+  error?: string;
+  distributed?: string;
+}
+
+async function daskFigures(): Promise<DaskResults> {
+  const script = new URL("./dask_bench.py", import.meta.url).pathname;
+  try {
+    const output = await new Deno.Command("/usr/bin/python3", {
+      args: [script, "--repeats", String(REPEATS)],
+      stderr: "inherit",
+    }).output();
+    if (!output.success) return { error: `dask_bench.py exited with ${output.code}` };
+    return JSON.parse(new TextDecoder().decode(output.stdout));
+  } catch (error) {
+    return { error: `no /usr/bin/python3 (${(error as Error).message})` };
+  }
+}
+
+// ---- the run ----
+
+const rows: Row[] = [];
+const wanted = (key: string) => !ONLY || ONLY.includes(key);
+function ratioRow(row: Row, minimum: number): Row {
+  row.target = `>= ${minimum}x raw`;
+  row.pass = row.ours / row.raw! >= minimum;
+  return row;
+}
+function progress(key: string) {
+  console.error(`  ${key}...`);
+}
+
+console.error(`Measuring (${REPEATS} alternating repetitions each, medians)...`);
+const daskRun = wanted("dask") ? daskFigures() : Promise.resolve<DaskResults>({});
+const ourSetups = await setups();
+
+for (const transport of ["tcp", "unix", "tls"] as const) {
+  const key = `W1-${transport}`;
+  if (!wanted(key)) continue;
+  progress(key);
+  const ours = await ourPair(ourSetups[transport]);
+  const echoing = ourEcho(ours.server);
+  const rawPair = await raw.rawPair(transport);
+  const rawEcho = raw.echo(rawPair.server);
+  const [o, r] = await sideBySide(
+    () => ourPingPong(ours.client, W1_COUNT),
+    () => raw.pingPong(rawPair.client, W1_COUNT),
   );
+  await ours.close();
+  await echoing;
+  rawPair.close();
+  await rawEcho;
+  rows.push(ratioRow({
+    key,
+    workload: `W1 ping-pong, one process, ${transport}`,
+    unit: "round trips/s",
+    ours: o,
+    raw: r,
+  }, 0.8));
 }
+
+if (wanted("W1-2proc")) {
+  progress("W1-2proc");
+  const ourPeer = await startPeer("ours");
+  const rawPeer = await startPeer("raw");
+  const client = await connect(ourPeer.address);
+  const port = Number(new URL(rawPeer.address.replace("tcp:", "http:")).port);
+  const rawClient = await Deno.connect({ hostname: "127.0.0.1", port });
+  rawClient.setNoDelay(true);
+  const [o, r] = await sideBySide(
+    () => ourPingPong(client, W1_COUNT),
+    () => raw.pingPong(rawClient, W1_COUNT),
+  );
+  await client.close();
+  rawClient.close();
+  await ourPeer.stop();
+  await rawPeer.stop();
+  rows.push(ratioRow({
+    key: "W1-2proc",
+    workload: "W1 ping-pong, two processes, tcp",
+    unit: "round trips/s",
+    ours: o,
+    raw: r,
+  }, 0.9));
+}
+
+if (wanted("W2")) {
+  progress("W2");
+  const ours = await ourPair(ourSetups.tcp);
+  const rawPair = await raw.rawPair("tcp");
+  const [o, r] = await sideBySide(
+    () => ourOneWay(ours.client, ours.server, W2_COUNT),
+    () => raw.oneWayCoalesced(rawPair.client, rawPair.server, W2_COUNT),
+  );
+  const eachRuns: number[] = [];
+  for (let i = 0; i < REPEATS; i++) {
+    eachRuns.push(await raw.oneWayEachWrite(rawPair.client, rawPair.server, W2_COUNT / 4));
+  }
+  const each = median(eachRuns);
+  await ours.close();
+  rawPair.close();
+  rows.push(ratioRow({
+    key: "W2",
+    workload: "W2 small messages one way, await each write, tcp",
+    unit: "msgs/s",
+    ours: o,
+    raw: r,
+    note: `raw is the coalesced ceiling; raw with one write per message: ${format(each)}`,
+  }, 0.6));
+}
+
+for (const transport of ["tcp", "unix"] as const) {
+  for (const mode of ["fresh", "recycled"] as const) {
+    const key = `W3-${transport}-${mode}`;
+    if (!wanted(key)) continue;
+    progress(key);
+    const pool = mode === "recycled" ? recycler() : undefined;
+    const ours = await ourPair(ourSetups[transport], {
+      listen: pool ? { allocate: pool.allocate } : {},
+    });
+    const rawPair = await raw.rawPair(transport);
+    const rawReader = new raw.RawReader(rawPair.server, mode === "recycled");
+    const [o, r] = await sideBySide(
+      () => ourBulk(ours.client, ours.server, W3_MESSAGES, pool?.release),
+      () => raw.bulk(rawPair.client, rawReader, W3_BYTES, W3_MESSAGES),
+    );
+    await ours.close();
+    rawPair.close();
+    const row: Row = {
+      key,
+      workload: `W3 64 MiB binary, ${transport}, ${mode} receive buffers`,
+      unit: "GB/s",
+      ours: o,
+      raw: r,
+    };
+    rows.push(mode === "recycled" ? ratioRow(row, 0.8) : row);
+  }
+}
+
+if (wanted("W4")) {
+  progress("W4");
+  const [o, r] = await sideBySide(async () => {
+    await using listener = await listen("inproc://");
+    const accepting = listener[Symbol.asyncIterator]().next();
+    await using client = await connect(listener.contactAddress);
+    await using server = (await accepting).value as Comm;
+    return await ourOneWay(client, server, W4_COUNT);
+  }, async () => {
+    const queue = new raw.BareQueue<unknown>();
+    const start = performance.now();
+    const receiving = (async () => {
+      for (let i = 0; i < W4_COUNT; i++) await queue.read();
+    })();
+    for (let i = 0; i < W4_COUNT; i++) await queue.write({ op: "data", i });
+    await receiving;
+    return W4_COUNT / ((performance.now() - start) / 1000);
+  });
+  rows.push({
+    key: "W4",
+    workload: "W4 inproc one way, await each write",
+    unit: "msgs/s",
+    ours: o,
+    raw: r,
+    target: ">= 3,000,000 msgs/s",
+    pass: o >= 3_000_000,
+    note: "raw is a bare async queue",
+  });
+}
+
+for (const mode of ["fresh", "recycled"] as const) {
+  const key = `memory-${mode}`;
+  if (!wanted(key)) continue;
+  progress(key);
+  const peaks: number[] = [];
+  for (let i = 0; i < Math.min(REPEATS, 3); i++) peaks.push(await memoryPeak(mode));
+  const peak = median(peaks) / (1024 * 1024);
+  rows.push({
+    key,
+    workload: `Memory: 2 GiB in 64 MiB messages, tcp, ${mode} buffers`,
+    unit: "peak RSS MiB",
+    ours: peak,
+    target: "< 256 MiB (4 messages)",
+    pass: peak < 256,
+  });
+}
+
+// dask's figures, from its own run, set beside ours.
+const dask = await daskRun;
+const daskKeys: Record<string, string> = {
+  "W1-tcp": "W1_one_process",
+  "W1-2proc": "W1_two_processes",
+  "W2": "W2_one_write_each",
+  "W3-tcp-fresh": "W3_64MiB_tcp_GBps",
+  "W4": "W4_inproc",
+};
+for (const row of rows) {
+  const figure = dask.results?.[daskKeys[row.key]];
+  if (figure !== undefined) row.dask = figure;
+}
+
+function format(n: number): string {
+  return n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(2);
+}
+
+const columns = ["workload", "unit", "@x/comm", "raw Deno", "ratio", "target", "dask", "vs dask"];
+const table = rows.map((r) => [
+  r.workload,
+  r.unit,
+  format(r.ours),
+  r.raw === undefined ? "" : format(r.raw),
+  r.raw === undefined ? "" : `${(r.ours / r.raw).toFixed(2)}x`,
+  r.target === undefined ? "" : `${r.target} ${r.pass ? "ok" : "MISSED"}`,
+  r.dask === undefined ? "" : format(r.dask),
+  r.dask === undefined ? "" : `${(r.ours / r.dask).toFixed(1)}x`,
+]);
+const widths = columns.map((c, i) => Math.max(c.length, ...table.map((t) => t[i].length)));
+const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+console.log(line(columns));
+console.log(line(widths.map((w) => "-".repeat(w))));
+for (const cells of table) console.log(line(cells));
+for (const r of rows) if (r.note) console.log(`  ${r.key}: ${r.note}`);
+if (dask.error) console.log(`  dask: not measured (${dask.error})`);
+else if (dask.distributed) console.log(`  dask: distributed ${dask.distributed}, /usr/bin/python3`);
+console.log("  W5 (UDP) and RPC rows arrive with the datagram and RPC layers.");
+
 await Deno.mkdir(new URL("./results/", import.meta.url), { recursive: true });
 await Deno.writeTextFile(
   new URL("./results/latest.json", import.meta.url),
-  JSON.stringify({ date: new Date().toISOString(), repeats: REPEATS, results }, null, 2) + "\n",
+  JSON.stringify(
+    {
+      date: new Date().toISOString(),
+      deno: Deno.version.deno,
+      cpus: navigator.hardwareConcurrency,
+      repeats: REPEATS,
+      rows,
+      dask,
+    },
+    null,
+    2,
+  ) + "\n",
 );
 console.log("\nWritten to bench/results/latest.json");
