@@ -124,6 +124,8 @@ export class FrameReader {
   /** The buffer that the frame at #index is being read into, if its own. */
   #direct: Uint8Array | undefined;
   #directFilled = 0;
+  /** Whether the frame at #index gets its own buffer once space() is asked. */
+  #directPending = false;
 
   constructor(maxMessageSize: number, options: FrameReaderOptions = {}) {
     this.#maxMessageSize = maxMessageSize;
@@ -151,6 +153,7 @@ export class FrameReader {
 
   /** Where the next read should put its bytes. */
   space(): Uint8Array {
+    if (this.#directPending) this.#openDirect();
     if (this.#direct) return this.#direct.subarray(this.#directFilled);
     const pending = this.#end - this.#start;
     const wanted = Math.max(this.#needed, pending + MIN_READ_BYTES);
@@ -278,7 +281,7 @@ export class FrameReader {
 
   /** Places the frames of a message taken frame by frame, as far as received. */
   #assemble(): Uint8Array[] | undefined {
-    if (this.#direct) return undefined;
+    if (this.#direct || this.#directPending) return undefined;
     const frames = this.#frames!;
     const lengths = this.#lengths;
     while (this.#index < frames.length) {
@@ -286,23 +289,19 @@ export class FrameReader {
       const start = this.#start;
       const available = this.#end - start;
       if (this.#index > 0 && length >= this.#directFrameBytes) {
-        if (!this.#allocate && available >= length) {
-          frames[this.#index++] = this.#buffer.subarray(start, start + length);
-        } else {
-          // Its own buffer; what already arrived is copied in, the rest is
-          // read straight into it.
+        if (available < length) {
+          // Its own buffer, made by the next space(): not before the comm
+          // wants more bytes, so that a paused reader allocates nothing.
+          this.#directPending = true;
+          return undefined;
+        }
+        const here = this.#buffer.subarray(start, start + length);
+        if (this.#allocate) {
           const target = this.#allocateFrame(length);
-          const n = Math.min(available, length);
-          target.set(this.#buffer.subarray(start, start + n));
-          this.#start += n;
-          if (n < length) {
-            this.#direct = target;
-            this.#directFilled = n;
-            return undefined;
-          }
+          target.set(here);
           frames[this.#index++] = target;
-          this.#assembled += length;
-          continue;
+        } else {
+          frames[this.#index++] = here;
         }
       } else if (available >= length) {
         frames[this.#index++] = this.#buffer.subarray(start, start + length);
@@ -319,6 +318,21 @@ export class FrameReader {
     this.#messageBytes = this.#assemblySize;
     this.#freshenIfSpent();
     return frames;
+  }
+
+  /**
+   * Gives the frame at #index its own buffer: what already arrived is
+   * copied in, the rest is read straight into it.
+   */
+  #openDirect(): void {
+    const length = this.#lengths[this.#index];
+    const target = this.#allocateFrame(length);
+    const n = this.#end - this.#start;
+    target.set(this.#buffer.subarray(this.#start, this.#end));
+    this.#start = this.#end;
+    this.#direct = target;
+    this.#directFilled = n;
+    this.#directPending = false;
   }
 
   #allocateFrame(length: number): Uint8Array {

@@ -109,8 +109,9 @@ interface Chunk {
  * Writes are encoded at once and queued; queued messages are coalesced into
  * few stream writes, one at a time, in order. Reads are done ahead: every
  * whole message already received is decoded without awaiting between them,
- * and reading pauses when many are left unread, so a slow consumer slows
- * the peer down instead of filling memory.
+ * and reading pauses when many are left unread (8192 messages or 8 MiB,
+ * the message being received included), so a slow consumer slows the peer
+ * down instead of filling memory.
  *
  * It does not do the connection handshake: `connect()` and `listen()` do.
  *
@@ -377,10 +378,13 @@ export class StreamComm implements Comm {
     const codec = this.#codec;
     try {
       while (!this.#closing && !this.#ended) {
+        // The message being received counts too, before its buffer is
+        // made: a large one waits for a reader rather than sit in memory
+        // beside the one the reader still holds.
         if (
           this.#readers.length === 0 &&
           (this.#inbox.length >= READ_AHEAD_MESSAGES ||
-            this.#inboxBytes >= READ_AHEAD_BYTES)
+            this.#inboxBytes + reader.neededBytes >= READ_AHEAD_BYTES)
         ) {
           this.#paused = true;
           return;

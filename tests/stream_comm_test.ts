@@ -188,3 +188,32 @@ Deno.test("StreamComm.abort() fails pending writes of large frames", async () =>
   const error = await assertRejects(() => pending, CommClosedError, "aborted: shutting down");
   assertStrictEquals((error.cause as Error).message, "shutting down");
 });
+
+Deno.test("StreamComm.read() makes no buffer for a large incoming binary until it is read", async () => {
+  const stream = new FakeStream();
+  const asked: number[] = [];
+  const comm = new StreamComm(stream, {
+    ...ADDRESSES,
+    allocate: (size) => {
+      asked.push(size);
+      return new Uint8Array(size);
+    },
+  });
+  // A message of 9 MiB, more than the comm reads ahead of its readers, of
+  // which only the header and the first bytes have arrived.
+  const payload = new Uint8Array(9 * 1024 * 1024).map((_, i) => i % 251);
+  const frames = [new Uint8Array([0xc0]), new Uint8Array([0x80]), payload];
+  const bytes = new Uint8Array(headerSize(3) + 2 + payload.length);
+  writeHeader(new DataView(bytes.buffer), 0, frames);
+  bytes.set([0xc0, 0x80], headerSize(3));
+  bytes.set(payload, headerSize(3) + 2);
+  stream.push(bytes.subarray(0, 1000));
+  for (let i = 0; i < 50; i++) await new Promise((resolve) => setTimeout(resolve, 0));
+  assertEquals(asked, [], "a buffer was made with nobody reading");
+  const reading = comm.read();
+  stream.push(bytes.subarray(1000));
+  assertEquals(await reading, null); // frame 0 is msgpack nil: the payload is received all the same
+  assertEquals(asked, [payload.length]);
+  comm.abort();
+  await comm.close();
+});
