@@ -196,13 +196,13 @@ async function startPeer(
   };
 }
 
-async function memoryPeak(mode: "fresh" | "recycled"): Promise<number> {
+async function memoryPeak(who: "ours" | "raw", mode: "fresh" | "recycled"): Promise<number> {
   const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", new URL("./_memory.ts", import.meta.url).pathname, mode],
+    args: ["run", "--allow-net", new URL("./_memory.ts", import.meta.url).pathname, who, mode],
     stderr: "inherit",
   }).output();
-  if (!output.success) throw new Error(`memory bench (${mode}) failed`);
-  return JSON.parse(new TextDecoder().decode(output.stdout)).peakRss;
+  if (!output.success) throw new Error(`memory bench (${who} ${mode}) failed`);
+  return JSON.parse(new TextDecoder().decode(output.stdout)).peakRss / (1024 * 1024);
 }
 
 interface DaskResults {
@@ -380,16 +380,18 @@ for (const mode of ["fresh", "recycled"] as const) {
   const key = `memory-${mode}`;
   if (!wanted(key)) continue;
   progress(key);
-  const peaks: number[] = [];
-  for (let i = 0; i < Math.min(REPEATS, 3); i++) peaks.push(await memoryPeak(mode));
-  const peak = median(peaks) / (1024 * 1024);
+  const [o, r] = await sideBySide(
+    () => memoryPeak("ours", mode),
+    () => memoryPeak("raw", mode),
+  );
   rows.push({
     key,
     workload: `Memory: 2 GiB in 64 MiB messages, tcp, ${mode} buffers`,
     unit: "peak RSS MiB",
-    ours: peak,
+    ours: o,
+    raw: r,
     target: "< 256 MiB (4 messages)",
-    pass: peak < 256,
+    pass: o < 256,
   });
 }
 
