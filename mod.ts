@@ -33,7 +33,7 @@ export * from "./comm/errors.ts";
 export * from "./comm/inproc.ts";
 export * from "./comm/registry.ts";
 export * from "./comm/serialized.ts";
-export * from "./comm/stream_comm.ts";
+export { type ByteStream, StreamComm, type StreamCommOptions } from "./comm/stream_comm.ts";
 export * from "./comm/tcp.ts";
 export * from "./comm/tls.ts";
 export * from "./comm/types.ts";

@@ -11,6 +11,8 @@ import { Serialized } from "./serialized.ts";
 
 /** Turns a message into frames and frames into a message. */
 export interface Codec {
+  /** Whether frame 0 of `encode()` is reused by the next call (and must be copied to keep). */
+  readonly firstFrameShared: boolean;
   /**
    * Encodes a message. Frame 0 may be a view of a buffer that the next
    * `encode` call overwrites: copy it before encoding again.
@@ -365,7 +367,7 @@ export function createCodec(options: CodecOptions): Codec {
     }
   }
 
-  return { encode, decode };
+  return { firstFrameShared: true, encode, decode };
 }
 
 const EMPTY = new Uint8Array(0);

@@ -31,7 +31,7 @@ export const READ_CHUNK_BYTES = 256 * 1024;
  */
 export const FRAME_COST_BYTES = 256;
 /** Below this much free space, the next read goes into a fresh buffer. */
-const MIN_READ_BYTES = 16 * 1024;
+export const MIN_READ_BYTES = 16 * 1024;
 const TWO_POW_32 = 2 ** 32;
 /** High words at or above this make a value larger than 2^53. */
 const MAX_SAFE_HIGH_WORD = 2 ** 21;
@@ -78,6 +78,34 @@ export function writeHeader(
   return at - offset;
 }
 
+/** Cuts messages out of a byte stream: what StreamComm needs of a framing. */
+export interface MessageReader {
+  /** The largest message accepted; may be changed between messages. */
+  maxMessageSize: number;
+  /** Bytes received that do not yet form a whole message. */
+  readonly pendingBytes: number;
+  /** Bytes the incomplete message needs in all, or 0 if not yet known. */
+  readonly neededBytes: number;
+  /** Bytes of the message that `next()` returned last, headers included. */
+  readonly messageBytes: number;
+  /** Where the next read should put its bytes. */
+  space(): Uint8Array;
+  /** Records that `n` bytes were read into the last `space()`. */
+  commit(n: number): void;
+  /** The frames of the next whole message, or `undefined` when more bytes are needed. */
+  next(): Uint8Array[] | undefined;
+}
+
+/** A wire framing: how message headers are written and messages read. */
+export interface Framing {
+  /** Bytes of the header for a message of `frames`. */
+  headerSize(frames: readonly Uint8Array[]): number;
+  /** Writes the header of a message of `frames`; returns its size. */
+  writeHeader(view: DataView, offset: number, frames: readonly Uint8Array[]): number;
+  /** A reader of messages in this framing. */
+  createReader(maxMessageSize: number, options?: FrameReaderOptions): MessageReader;
+}
+
 /** Options of a {@linkcode FrameReader} beyond `maxMessageSize`. */
 export interface FrameReaderOptions {
   /**
@@ -102,7 +130,7 @@ export interface FrameReaderOptions {
  * own buffer, so the payload is read in place (into the caller's memory when
  * `allocate` is given) and the message never needs one buffer for all of it.
  */
-export class FrameReader {
+export class FrameReader implements MessageReader {
   #maxMessageSize: number;
   #directFrameBytes: number;
   #allocate: ((size: number) => Uint8Array) | undefined;
@@ -133,6 +161,15 @@ export class FrameReader {
     this.#allocate = options.allocate;
     this.#buffer = new Uint8Array(READ_CHUNK_BYTES);
     this.#view = new DataView(this.#buffer.buffer);
+  }
+
+  /** The largest message accepted; may be changed between messages. */
+  get maxMessageSize(): number {
+    return this.#maxMessageSize;
+  }
+
+  set maxMessageSize(value: number) {
+    this.#maxMessageSize = value;
   }
 
   /** Bytes received that do not yet form a whole message. */
@@ -297,7 +334,7 @@ export class FrameReader {
         }
         const here = this.#buffer.subarray(start, start + length);
         if (this.#allocate) {
-          const target = this.#allocateFrame(length);
+          const target = allocateFrame(this.#allocate, length);
           target.set(here);
           frames[this.#index++] = target;
         } else {
@@ -326,32 +363,13 @@ export class FrameReader {
    */
   #openDirect(): void {
     const length = this.#lengths[this.#index];
-    const target = this.#allocateFrame(length);
+    const target = allocateFrame(this.#allocate, length);
     const n = this.#end - this.#start;
     target.set(this.#buffer.subarray(this.#start, this.#end));
     this.#start = this.#end;
     this.#direct = target;
     this.#directFilled = n;
     this.#directPending = false;
-  }
-
-  #allocateFrame(length: number): Uint8Array {
-    const allocate = this.#allocate;
-    if (!allocate) return new Uint8Array(length);
-    let buffer: Uint8Array;
-    try {
-      buffer = allocate(length);
-    } catch (error) {
-      throw new AllocateError(`allocate(${length}) threw: ${messageOf(error)}`, { cause: error });
-    }
-    if (!(buffer instanceof Uint8Array) || buffer.length < length) {
-      throw new AllocateError(
-        `allocate(${length}) returned ${
-          buffer instanceof Uint8Array ? `${buffer.length} bytes` : describe(buffer)
-        }: it must return a Uint8Array of at least the size asked for`,
-      );
-    }
-    return buffer.length === length ? buffer : buffer.subarray(0, length);
   }
 
   /**
@@ -367,6 +385,40 @@ export class FrameReader {
   }
 }
 
-function formatSize(value: number): string {
+/**
+ * A buffer of exactly `length` bytes for a large frame: from `allocate`
+ * when given (a view of what it returns), else fresh.
+ *
+ * @throws {AllocateError} If `allocate` throws or returns too little.
+ */
+export function allocateFrame(
+  allocate: ((size: number) => Uint8Array) | undefined,
+  length: number,
+): Uint8Array {
+  if (!allocate) return new Uint8Array(length);
+  let buffer: Uint8Array;
+  try {
+    buffer = allocate(length);
+  } catch (error) {
+    throw new AllocateError(`allocate(${length}) threw: ${messageOf(error)}`, { cause: error });
+  }
+  if (!(buffer instanceof Uint8Array) || buffer.length < length) {
+    throw new AllocateError(
+      `allocate(${length}) returned ${
+        buffer instanceof Uint8Array ? `${buffer.length} bytes` : describe(buffer)
+      }: it must return a Uint8Array of at least the size asked for`,
+    );
+  }
+  return buffer.length === length ? buffer : buffer.subarray(0, length);
+}
+
+export function formatSize(value: number): string {
   return value === Infinity ? "more than 2^53" : String(value);
 }
+
+/** dask's framing (the default). */
+export const DASK_FRAMING: Framing = {
+  headerSize: (frames) => headerSize(frames.length),
+  writeHeader,
+  createReader: (maxMessageSize, options) => new FrameReader(maxMessageSize, options),
+};

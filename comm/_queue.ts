@@ -17,6 +17,11 @@ export class Queue<T> {
     this.#items.push(item);
   }
 
+  /** The front item, left in place (`undefined` when empty). */
+  peek(): T | undefined {
+    return this.#head < this.#items.length ? this.#items[this.#head] : undefined;
+  }
+
   /** Removes and returns the front item (`undefined` when empty). */
   shift(): T | undefined {
     if (this.#head === this.#items.length) return undefined;

@@ -116,3 +116,12 @@ export function checkAllocate(
   }
   return value;
 }
+
+/** Checks the `framing` option; returns it, "dask" by default. */
+export function checkFraming(value: unknown): "dask" | "multiprocessing" {
+  if (value === undefined || value === "dask") return "dask";
+  if (value === "multiprocessing") return value;
+  throw new TypeError(
+    `Invalid framing ${describe(value)}: expected "dask" or "multiprocessing"`,
+  );
+}

@@ -12,6 +12,7 @@ import {
   abortable,
   checkAllocate,
   checkDuration,
+  checkFraming,
   checkSize,
   type Deferred,
   deferred,
@@ -19,8 +20,10 @@ import {
   messageOf,
   timeoutSignal,
 } from "./_util.ts";
+import { authenticate, authkeyBytes } from "../auth/challenge.ts";
 import {
   AddressError,
+  AuthenticationError,
   CommClosedError,
   ConnectError,
   ConnectTimeoutError,
@@ -159,17 +162,30 @@ export async function connect(
   }
 
   const left = Math.max(0, deadline - performance.now());
+  const timer = timeoutSignal(left, userSignal);
   try {
-    await handshake(comm, left, userSignal);
+    if (options.authkey !== undefined) {
+      await authenticate(comm, options.authkey, "client", timer.signal);
+    }
+    if (checkFraming(options.framing) === "dask") await handshake(comm, timer.signal);
   } catch (error) {
     comm.abort(error);
     await comm.close();
     if (userSignal?.aborted) throw userSignal.reason;
-    if (isTimeout(error)) throw timedOut("no handshake from the peer");
+    if (isTimeout(error)) {
+      throw timedOut(
+        options.authkey === undefined
+          ? "no handshake from the peer"
+          : "no authentication and handshake from the peer",
+      );
+    }
+    if (error instanceof AuthenticationError) throw error;
     throw new ConnectError(
       `Cannot connect to "${address}": the handshake failed: ${messageOf(error)}`,
       { cause: error },
     );
+  } finally {
+    timer.clear();
   }
   return comm;
 }
@@ -281,7 +297,7 @@ export async function listen(
     }
     throw error;
   }
-  return new CommListener(inner, scheme, handler, handshakeTimeout, options.onError);
+  return new CommListener(inner, scheme, handler, handshakeTimeout, options);
 }
 
 /**
@@ -310,31 +326,26 @@ function checkCommOptions(options: CommOptions): void {
   checkSize("highWaterMark", options.highWaterMark, 1);
   checkSize("binaryFrameThreshold", options.binaryFrameThreshold, 1);
   checkAllocate(options.allocate);
+  checkFraming(options.framing);
+  if ((options as ConnectOptions).authkey !== undefined) {
+    authkeyBytes((options as ConnectOptions).authkey);
+  }
 }
 
-/** Both sides write their handshake and read the peer's. */
-async function handshake(
-  comm: Comm,
-  timeout: number,
-  signal?: AbortSignal,
-): Promise<Record<string, unknown>> {
-  const timer = timeoutSignal(timeout, signal);
-  try {
-    const [, info] = await Promise.all([
-      comm.write(HANDSHAKE_INFO),
-      comm.read({ signal: timer.signal }),
-    ]);
-    if (typeof info !== "object" || info === null || Array.isArray(info)) {
-      throw new ProtocolError(
-        `Peer "${comm.peerAddress}" sent ${
-          describe(info)
-        } as its handshake: expected a map such as ${JSON.stringify(HANDSHAKE_INFO)}`,
-      );
-    }
-    return info as Record<string, unknown>;
-  } finally {
-    timer.clear();
+/** Both sides write their handshake and read the peer's, until `signal` aborts. */
+async function handshake(comm: Comm, signal: AbortSignal): Promise<Record<string, unknown>> {
+  const [, info] = await Promise.all([
+    comm.write(HANDSHAKE_INFO),
+    comm.read({ signal }),
+  ]);
+  if (typeof info !== "object" || info === null || Array.isArray(info)) {
+    throw new ProtocolError(
+      `Peer "${comm.peerAddress}" sent ${describe(info)} as its handshake: expected a map such as ${
+        JSON.stringify(HANDSHAKE_INFO)
+      }`,
+    );
   }
+  return info as Record<string, unknown>;
 }
 
 function isTimeout(error: unknown): boolean {
@@ -348,6 +359,9 @@ class CommListener implements Listener {
   #handler: CommHandler | undefined;
   #handshakeTimeout: number;
   #onError: ((error: unknown) => void) | undefined;
+  #authkey: string | Uint8Array | undefined;
+  #daskHandshake: boolean;
+  #lastAccepted: string | undefined;
   #comms = new Set<Comm>();
   #pruneAt = 64;
   #tasks = new Set<Promise<void>>();
@@ -363,14 +377,16 @@ class CommListener implements Listener {
     scheme: string,
     handler: CommHandler | undefined,
     handshakeTimeout: number,
-    onError: ((error: unknown) => void) | undefined,
+    options: ListenOptions,
   ) {
     this.#inner = inner;
     this.#listenAddress = withScheme(inner.listenAddress, scheme);
     this.#contactAddress = withScheme(inner.contactAddress, scheme);
     this.#handler = handler;
     this.#handshakeTimeout = handshakeTimeout;
-    this.#onError = onError;
+    this.#onError = options.onError;
+    this.#authkey = options.authkey;
+    this.#daskHandshake = checkFraming(options.framing) === "dask";
     this.#acceptLoop = this.#accept();
   }
 
@@ -384,6 +400,10 @@ class CommListener implements Listener {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  get lastAccepted(): string | undefined {
+    return this.#lastAccepted;
   }
 
   close(): Promise<void> {
@@ -456,8 +476,12 @@ class CommListener implements Listener {
   }
 
   async #serve(comm: Comm): Promise<void> {
+    const timer = timeoutSignal(this.#handshakeTimeout);
     try {
-      await handshake(comm, this.#handshakeTimeout);
+      if (this.#authkey !== undefined) {
+        await authenticate(comm, this.#authkey, "listener", timer.signal);
+      }
+      if (this.#daskHandshake) await handshake(comm, timer.signal);
     } catch (error) {
       comm.abort(error);
       await comm.close();
@@ -466,13 +490,18 @@ class CommListener implements Listener {
         this.#report(
           isTimeout(error)
             ? new ProtocolError(
-              `Comm from "${comm.peerAddress}" did not complete the handshake within ${this.#handshakeTimeout} ms`,
+              `Comm from "${comm.peerAddress}" did not complete the ${
+                this.#authkey === undefined ? "" : "authkey challenge and "
+              }handshake within ${this.#handshakeTimeout} ms`,
             )
             : error,
         );
       }
       return;
+    } finally {
+      timer.clear();
     }
+    this.#lastAccepted = comm.peerAddress;
     if (this.#handler) {
       try {
         await this.#handler(comm);

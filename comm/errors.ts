@@ -154,3 +154,72 @@ export class ConnectTimeoutError extends ConnectError {
     this.name = "ConnectTimeoutError";
   }
 }
+
+/**
+ * Raised when a peer fails the `authkey` challenge (it does not know the
+ * key, or does not answer as `multiprocessing.connection` does), on both
+ * sides: by `connect()`, by `deliverChallenge()` and `answerChallenge()`,
+ * and passed to a listener's `onError`. The comm is closed.
+ *
+ * @example A client with the wrong key
+ * ```ts
+ * import { AuthenticationError, connect, listen } from "@x/comm";
+ * import { assertRejects } from "@std/assert";
+ *
+ * await using listener = await listen("tcp://127.0.0.1:0", () => {}, {
+ *   authkey: "right",
+ *   onError: () => {},
+ * });
+ * await assertRejects(
+ *   () => connect(listener.contactAddress, { authkey: "wrong" }),
+ *   AuthenticationError,
+ *   "digest sent was rejected",
+ * );
+ * ```
+ */
+export class AuthenticationError extends Error {
+  /**
+   * Constructs a new {@linkcode AuthenticationError}.
+   *
+   * @param message What the peer did wrong.
+   * @param options The `cause`, when another error led to this one.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "AuthenticationError";
+  }
+}
+
+/**
+ * Raised by `Comm.readInto()` when the message does not fit in the buffer
+ * given. The message is not lost: it is the error's `data`.
+ *
+ * @example
+ * ```ts
+ * import { BufferTooShortError, pipe } from "@x/comm";
+ * import { assertEquals, assertRejects } from "@std/assert";
+ *
+ * const [a, b] = pipe();
+ * await a.write(new Uint8Array([1, 2, 3, 4]));
+ * const error = await assertRejects(() => b.readInto(new Uint8Array(2)), BufferTooShortError);
+ * assertEquals(error.data, new Uint8Array([1, 2, 3, 4]));
+ * await a.close();
+ * await b.close();
+ * ```
+ */
+export class BufferTooShortError extends Error {
+  /** The whole message that did not fit. */
+  readonly data: Uint8Array;
+
+  /**
+   * Constructs a new {@linkcode BufferTooShortError}.
+   *
+   * @param message How large the message and the room in the buffer were.
+   * @param data The whole message.
+   */
+  constructor(message: string, data: Uint8Array) {
+    super(message);
+    this.name = "BufferTooShortError";
+    this.data = data;
+  }
+}

@@ -11,6 +11,7 @@
 
 import { Queue, waitInLine } from "./_queue.ts";
 import { checkSize, type Deferred, deferred, messageOf } from "./_util.ts";
+import { checkReadInto, copyInto, pollWith } from "./stream_comm.ts";
 import { AddressError, CommClosedError } from "./errors.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import type { Comm, CommOptions, ReadOptions } from "./types.ts";
@@ -49,6 +50,8 @@ class InprocComm implements Comm {
   #readers = new Queue<Deferred<unknown>>();
   /** The peer's writes waiting for this inbox to drain. */
   #blockedWriters = new Queue<Deferred<void>>();
+  /** poll() calls waiting for a message to reach the inbox. */
+  #arrivals = new Queue<Deferred<boolean>>();
   #closed = false;
   #ended: CommClosedError | undefined;
 
@@ -98,6 +101,23 @@ class InprocComm implements Comm {
     return waitInLine(this.#readers, options?.signal);
   }
 
+  poll(timeout = 0): Promise<boolean> {
+    return pollWith(
+      this.#arrivals,
+      timeout,
+      () => this.#inbox.length > 0 || this.#closed || this.#ended !== undefined,
+    );
+  }
+
+  async readInto(buffer: Uint8Array, offset = 0): Promise<number> {
+    checkReadInto(buffer, offset);
+    while (this.#inbox.length === 0 || this.#closed) {
+      if (this.#closed || this.#ended) await this.read(); // rejects
+      await this.poll(Infinity);
+    }
+    return copyInto(this.#inbox.peek(), () => this.read(), buffer, offset, this.#peerAddress);
+  }
+
   write(message: unknown): Promise<void> {
     if (this.#closed) return Promise.reject(this.#closedError());
     if (this.#ended) return Promise.reject(this.#ended);
@@ -108,6 +128,7 @@ class InprocComm implements Comm {
       return RESOLVED;
     }
     peer.#inbox.push(message);
+    for (let w; (w = peer.#arrivals.shift());) w.resolve(true);
     if (peer.#inbox.length <= this.#highWaterMark) return RESOLVED;
     const waiter = deferred<void>();
     peer.#blockedWriters.push(waiter);
@@ -155,6 +176,7 @@ class InprocComm implements Comm {
     for (const reader of this.#readers.drain()) reader.reject(error);
     // Their messages sit in this inbox, which will never be read.
     for (const writer of this.#blockedWriters.drain()) writer.reject(error);
+    for (const waiter of this.#arrivals.drain()) waiter.resolve(true);
     this.#inbox.drain();
     const peer = this.#peer;
     if (reason === undefined) {
@@ -176,6 +198,7 @@ class InprocComm implements Comm {
       `Comm to "${this.#peerAddress}" was closed by the peer`,
     );
     for (const reader of this.#readers.drain()) reader.reject(this.#ended);
+    for (const waiter of this.#arrivals.drain()) waiter.resolve(true);
   }
 }
 

@@ -9,10 +9,20 @@
  */
 
 import { type Codec, createCodec } from "./_codec.ts";
-import { AllocateError, FrameReader, headerSize, writeHeader } from "./_framing.ts";
+import { AllocateError, DASK_FRAMING, type Framing, type MessageReader } from "./_framing.ts";
+import { BYTES_CODEC, MULTIPROCESSING_FRAMING } from "./_mp_framing.ts";
 import { Queue, waitInLine } from "./_queue.ts";
-import { checkAllocate, checkSize, type Deferred, deferred, messageOf } from "./_util.ts";
-import { CommClosedError, ProtocolError } from "./errors.ts";
+import {
+  abortable,
+  checkAllocate,
+  checkFraming,
+  checkSize,
+  type Deferred,
+  deferred,
+  describe,
+  messageOf,
+} from "./_util.ts";
+import { BufferTooShortError, CommClosedError, ProtocolError } from "./errors.ts";
 import type { Comm, CommOptions, ReadOptions } from "./types.ts";
 
 /** Default of `maxMessageSize`: 1 GiB. */
@@ -95,6 +105,9 @@ export interface StreamCommOptions extends CommOptions {
   peerAddress: string;
 }
 
+// Set by StreamComm's static block: how rawChannel() reaches a comm's privates.
+let rawChannelOf: (comm: StreamComm) => RawChannel | undefined;
+
 interface Chunk {
   bytes: Uint8Array;
   /** A coalescing buffer that may be reused once written. */
@@ -158,7 +171,8 @@ interface Chunk {
 export class StreamComm implements Comm {
   #conn: ByteStream;
   #codec: Codec;
-  #reader: FrameReader;
+  #framing: Framing;
+  #reader: MessageReader;
   #localAddress: string;
   #peerAddress: string;
   #highWaterMark: number;
@@ -179,8 +193,12 @@ export class StreamComm implements Comm {
   #inboxSizes = new Queue<number>();
   #inboxBytes = 0;
   #readers = new Queue<Deferred<unknown>>();
-  #readLoop: Promise<void>;
+  #readLoop: Promise<void> | undefined;
+  /** Whether reading started: at the first read, poll or readInto. */
+  #reading = false;
   #paused = false;
+  /** poll() calls waiting for a message to reach the inbox. */
+  #arrivals = new Queue<Deferred<boolean>>();
 
   // Life cycle.
   #closing = false;
@@ -210,12 +228,13 @@ export class StreamComm implements Comm {
       options.binaryFrameThreshold,
       DEFAULT_BINARY_FRAME_THRESHOLD,
     );
-    this.#reader = new FrameReader(
+    const multiprocessing = checkFraming(options.framing) === "multiprocessing";
+    this.#framing = multiprocessing ? MULTIPROCESSING_FRAMING : DASK_FRAMING;
+    this.#reader = this.#framing.createReader(
       checkSize("maxMessageSize", options.maxMessageSize, DEFAULT_MAX_MESSAGE_SIZE),
       { directFrameBytes: binaryFrameThreshold, allocate: checkAllocate(options.allocate) },
     );
-    this.#codec = createCodec({ binaryFrameThreshold });
-    this.#readLoop = this.#runReadLoop();
+    this.#codec = multiprocessing ? BYTES_CODEC : createCodec({ binaryFrameThreshold });
   }
 
   /** This end's address. */
@@ -247,8 +266,44 @@ export class StreamComm implements Comm {
     if (this.#ended) return Promise.reject(this.#ended);
     if (this.#closing) return Promise.reject(this.#closedError());
     const read = waitInLine(this.#readers, options?.signal);
+    this.#startReading();
     if (this.#paused) this.#resume();
     return read;
+  }
+
+  /**
+   * Waits up to `timeout` milliseconds for a message to be ready.
+   *
+   * @param timeout Milliseconds: 0 (the default) checks, `Infinity` waits.
+   * @returns Whether a `read()` would settle at once.
+   * @throws {RangeError} If `timeout` is negative or not a number.
+   */
+  poll(timeout = 0): Promise<boolean> {
+    return pollWith(this.#arrivals, timeout, () => {
+      if (this.#inbox.length > 0 || this.#ended !== undefined || this.#closing) return true;
+      this.#startReading();
+      if (this.#paused) this.#resume();
+      return false;
+    });
+  }
+
+  /**
+   * Reads the next message, which must be binary, into `buffer` at `offset`.
+   *
+   * @param buffer Where to copy the message.
+   * @param offset Where in `buffer` it goes.
+   * @returns The message's length in bytes.
+   * @throws {BufferTooShortError} If it does not fit (the error carries it).
+   * @throws {TypeError} If the next message is not binary (it stays unread).
+   * @throws {RangeError} If `offset` is outside `buffer`.
+   */
+  async readInto(buffer: Uint8Array, offset = 0): Promise<number> {
+    checkReadInto(buffer, offset);
+    while (this.#inbox.length === 0 || this.#closing) {
+      if (this.#ended || this.#closing) await this.read(); // rejects
+      await this.poll(Infinity);
+    }
+    return copyInto(this.#inbox.peek(), () => this.#take(), buffer, offset, this.#peerAddress);
   }
 
   /**
@@ -272,9 +327,18 @@ export class StreamComm implements Comm {
         ),
       );
     }
-    let size = headerSize(frames.length);
+    return this.#enqueue(frames, this.#codec.firstFrameShared);
+  }
+
+  /**
+   * Queues the frames of one message. Frames up to COPY_LIMIT_BYTES are
+   * copied into the coalescing buffer; larger ones are written from where
+   * they are, except a first frame that the encoder reuses (`shared`).
+   */
+  #enqueue(frames: Uint8Array[], shared: boolean): Promise<void> {
+    let size = this.#framing.headerSize(frames);
     this.#reserve(size);
-    this.#outPos += writeHeader(this.#outView, this.#outPos, frames);
+    this.#outPos += this.#framing.writeHeader(this.#outView, this.#outPos, frames);
     let external: Chunk | undefined;
     for (let i = 0; i < frames.length; i++) {
       const frame = frames[i];
@@ -286,10 +350,11 @@ export class StreamComm implements Comm {
         this.#outPos += length;
       } else {
         this.#seal();
-        // Frame 0 is a view of the encoder's buffer, reused by the next
-        // encode: it must be copied. Other frames are the caller's binaries.
-        const chunk: Chunk = { bytes: i === 0 ? frame.slice() : frame, recycle: false };
-        if (i > 0) external = chunk;
+        // A shared frame 0 is a view of the encoder's buffer, reused by the
+        // next encode: it must be copied. Other frames are the caller's.
+        const copied = i === 0 && shared;
+        const chunk: Chunk = { bytes: copied ? frame.slice() : frame, recycle: false };
+        if (!copied) external = chunk;
         this.#chunks.push(chunk);
       }
     }
@@ -373,6 +438,62 @@ export class StreamComm implements Comm {
     this.#readLoop = this.#runReadLoop();
   }
 
+  #startReading(): void {
+    if (this.#reading || this.#ended || this.#closing) return;
+    this.#reading = true;
+    this.#readLoop = this.#runReadLoop();
+  }
+
+  /**
+   * Exchanges raw one-frame messages before reading starts (the `authkey`
+   * challenge): nothing is decoded, nothing is read ahead of the message
+   * asked for, and each message is limited in size.
+   */
+  #rawChannel(): RawChannel {
+    const misuse = () => new Error("Cannot exchange raw messages once reading started");
+    return {
+      send: (bytes) => {
+        if (this.#reading) return Promise.reject(misuse());
+        if (this.#ended) return Promise.reject(this.#ended);
+        if (this.#closing) return Promise.reject(this.#closedError());
+        return this.#enqueue([bytes], true);
+      },
+      receive: async (maxBytes, signal) => {
+        if (this.#reading) throw misuse();
+        if (this.#ended) throw this.#ended;
+        const reader = this.#reader;
+        const max = reader.maxMessageSize;
+        // Room for the header words that count against it too.
+        reader.maxMessageSize = maxBytes + 64;
+        try {
+          let frames: Uint8Array[] | undefined;
+          while ((frames = reader.next()) === undefined) {
+            const reading = this.#conn.read(reader.space());
+            const n = await (signal ? abortable(reading, signal) : reading);
+            if (n === null) {
+              throw new CommClosedError(
+                `Comm to "${this.#peerAddress}" was closed by the peer before it answered`,
+              );
+            }
+            reader.commit(n);
+          }
+          if (frames.length !== 1 || frames[0].length > maxBytes) {
+            throw new ProtocolError(
+              `Peer sent a message of ${frames.length} frames and ${reader.messageBytes} bytes where one of at most ${maxBytes} bytes was expected`,
+            );
+          }
+          return frames[0].slice();
+        } finally {
+          reader.maxMessageSize = max;
+        }
+      },
+    };
+  }
+
+  static {
+    rawChannelOf = (comm) => comm.#reading ? undefined : comm.#rawChannel();
+  }
+
   async #runReadLoop(): Promise<void> {
     const reader = this.#reader;
     const codec = this.#codec;
@@ -405,6 +526,7 @@ export class StreamComm implements Comm {
             this.#inbox.push(message);
             this.#inboxSizes.push(reader.messageBytes);
             this.#inboxBytes += reader.messageBytes;
+            for (let w; (w = this.#arrivals.shift());) w.resolve(true);
           }
         }
       }
@@ -533,6 +655,7 @@ export class StreamComm implements Comm {
       // Already closed by the runtime (for example after a reset).
     }
     for (const reader of this.#readers.drain()) reader.reject(error);
+    for (const waiter of this.#arrivals.drain()) waiter.resolve(true);
     for (const waiter of this.#drainWaiters.drain()) waiter.reject(error);
     this.#inFlight?.written?.reject(error);
     this.#inFlight = undefined;
@@ -540,4 +663,96 @@ export class StreamComm implements Comm {
     this.#outPos = 0;
     this.#queuedBytes = 0;
   }
+}
+
+/** Raw one-frame messages over a comm that has not started reading. */
+export interface RawChannel {
+  /** Sends `bytes` as one message. */
+  send(bytes: Uint8Array): Promise<void>;
+  /**
+   * Receives one message of at most `maxBytes` bytes.
+   *
+   * @throws {ProtocolError} If the peer sends a larger message, or more frames.
+   */
+  receive(maxBytes: number, signal?: AbortSignal): Promise<Uint8Array>;
+}
+
+/**
+ * A raw channel over `comm`, if it is a StreamComm that has not started
+ * reading; undefined otherwise. Internal: not exported from `mod.ts`.
+ */
+export function rawChannel(comm: unknown): RawChannel | undefined {
+  return comm instanceof StreamComm ? rawChannelOf(comm) : undefined;
+}
+
+/**
+ * poll() for a comm: resolves true at once if `ready()` says so, else when
+ * a waiter pushed on `arrivals` is resolved, or false after `timeout`.
+ */
+export function pollWith(
+  arrivals: Queue<Deferred<boolean>>,
+  timeout: number,
+  ready: () => boolean,
+): Promise<boolean> {
+  if (typeof timeout !== "number" || !(timeout >= 0)) {
+    return Promise.reject(
+      new RangeError(`Invalid poll timeout ${describe(timeout)}: expected milliseconds, 0 or more`),
+    );
+  }
+  if (ready()) return Promise.resolve(true);
+  const waiter = deferred<boolean>();
+  arrivals.push(waiter);
+  if (timeout !== Infinity) {
+    // A zero timeout still lets the I/O that is due be processed.
+    const timer = setTimeout(() => {
+      if (arrivals.remove(waiter)) waiter.resolve(false);
+    }, Math.min(timeout, 2 ** 31 - 1));
+    waiter.promise.finally(() => clearTimeout(timer));
+  }
+  return waiter.promise;
+}
+
+/** Checks readInto()'s arguments. */
+export function checkReadInto(buffer: Uint8Array, offset: number): void {
+  if (!(buffer instanceof Uint8Array)) {
+    throw new TypeError(`Cannot read into ${describe(buffer)}: expected a Uint8Array`);
+  }
+  if (!Number.isInteger(offset) || offset < 0 || offset > buffer.length) {
+    throw new RangeError(
+      `Invalid offset ${describe(offset)}: expected a whole number from 0 to ${buffer.length}`,
+    );
+  }
+}
+
+/**
+ * readInto() once a message is ready: `head` is the next message, `take`
+ * consumes it. A message that is not binary is left in place.
+ */
+export function copyInto(
+  head: unknown,
+  take: () => unknown,
+  buffer: Uint8Array,
+  offset: number,
+  peerAddress: string,
+): number {
+  if (!ArrayBuffer.isView(head)) {
+    throw new TypeError(
+      `The next message from "${peerAddress}" is ${
+        describe(head)
+      }, not binary: read it with read()`,
+    );
+  }
+  take();
+  const bytes = head instanceof Uint8Array
+    ? head
+    : new Uint8Array(head.buffer, head.byteOffset, head.byteLength);
+  const room = buffer.length - offset;
+  if (bytes.length > room) {
+    throw new BufferTooShortError(
+      `A message of ${bytes.length} bytes does not fit in the ${room} bytes left in the buffer`,
+      bytes,
+    );
+  }
+  buffer.set(bytes, offset);
+  return bytes.length;
 }

@@ -81,6 +81,32 @@ export interface Comm extends AsyncIterable<unknown>, AsyncDisposable {
    */
   read(options?: ReadOptions): Promise<unknown>;
   /**
+   * Waits up to `timeout` milliseconds for a message to be ready, as
+   * `multiprocessing.connection`'s `poll()` does: true when a `read()`
+   * would settle at once (a message is ready, or the comm has ended), false
+   * when the time ran out. Nothing is consumed.
+   *
+   * @param timeout Milliseconds to wait: 0 (the default) only checks,
+   * `Infinity` waits as long as it takes.
+   * @throws {RangeError} If `timeout` is negative or not a number.
+   */
+  poll(timeout?: number): Promise<boolean>;
+  /**
+   * Reads the next message, which must be binary, into `buffer` at
+   * `offset`, as `recv_bytes_into()` does.
+   *
+   * @param buffer Where to copy the message.
+   * @param offset Where in `buffer` it goes.
+   * @returns The message's length in bytes.
+   * @throws {BufferTooShortError} If the message does not fit; the error
+   * carries the whole message as `data`, so nothing is lost.
+   * @throws {TypeError} If the next message is not binary; it is left in
+   * place for `read()`.
+   * @throws {RangeError} If `offset` is outside `buffer`.
+   * @throws {CommClosedError} If the comm is closed and no message is left.
+   */
+  readInto(buffer: Uint8Array, offset?: number): Promise<number>;
+  /**
    * Queues a message for sending.
    *
    * Resolves once the message is queued, so that a loop of awaited writes
@@ -142,6 +168,12 @@ export interface Listener extends AsyncIterable<Comm>, AsyncDisposable {
   readonly contactAddress: string;
   /** Whether the listener is closed. */
   readonly closed: boolean;
+  /**
+   * The peer address of the comm accepted last (after its handshake and
+   * any `authkey` challenge), as `multiprocessing.connection`'s
+   * `last_accepted`; undefined before the first.
+   */
+  readonly lastAccepted: string | undefined;
   /**
    * Stops accepting, closes the comms this listener accepted, and waits for
    * running handlers to finish. Idempotent.
@@ -254,6 +286,48 @@ export interface CommOptions {
    * ```
    */
   allocate?: (size: number) => Uint8Array;
+  /**
+   * How messages are framed on stream transports (`inproc` ignores it):
+   * - `"dask"` (the default): dask's frames, msgpack messages, and dask's
+   *   connection handshake.
+   * - `"multiprocessing"`: Python's `multiprocessing.connection` framing, a
+   *   4-byte big-endian length (or -1 and an 8-byte length from 2 GiB up)
+   *   before each message; messages are raw bytes (`Uint8Array` in and
+   *   out) and there is no handshake. With it, a Python `Listener` or
+   *   `Client` exchanges `send_bytes()` / `recv_bytes()` messages with us.
+   *
+   * @default {"dask"}
+   */
+  framing?: "dask" | "multiprocessing";
+}
+
+/**
+ * The `authkey` option of `connect()` and `listen()`: a shared key, as a
+ * string (taken as UTF-8) or bytes. Both ends then prove they know it by
+ * `multiprocessing.connection`'s HMAC challenge, before anything else is
+ * read.
+ *
+ * @example
+ * ```ts
+ * import { type AuthOptions, connect, listen } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const secret: AuthOptions = { authkey: new TextEncoder().encode("s3cret") };
+ * await using listener = await listen("tcp://127.0.0.1:0", async (comm) => {
+ *   await comm.write(await comm.read());
+ * }, secret);
+ * await using comm = await connect(listener.contactAddress, secret);
+ * await comm.write("in");
+ * assertEquals(await comm.read(), "in");
+ * ```
+ */
+export interface AuthOptions {
+  /**
+   * The shared key. A peer that does not know it gets `AuthenticationError`
+   * and its comm is closed; nothing it sent beyond its challenge messages
+   * (256 bytes at most each) is decoded.
+   */
+  authkey?: string | Uint8Array;
 }
 
 /**
@@ -303,7 +377,7 @@ export interface TlsOptions {
  * assert(!comm.closed);
  * ```
  */
-export interface ConnectOptions extends CommOptions, TlsOptions {
+export interface ConnectOptions extends CommOptions, TlsOptions, AuthOptions {
   /**
    * Milliseconds to keep trying: refused connections are retried with
    * jittered exponential backoff, and the handshake must finish in this
@@ -332,10 +406,11 @@ export interface ConnectOptions extends CommOptions, TlsOptions {
  * assertEquals((errors[0] as Error).message, "boom");
  * ```
  */
-export interface ListenOptions extends CommOptions, TlsOptions {
+export interface ListenOptions extends CommOptions, TlsOptions, AuthOptions {
   /**
-   * Milliseconds an incoming comm has to complete its handshake before it
-   * is closed, so that a silent peer cannot hold resources.
+   * Milliseconds an incoming comm has to complete its handshake (and the
+   * `authkey` challenge, if any) before it is closed, so that a silent peer
+   * cannot hold resources.
    *
    * @default {10000}
    */

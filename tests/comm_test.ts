@@ -578,6 +578,12 @@ class RenamedComm implements Comm {
   read(options?: ReadOptions): Promise<unknown> {
     return this.#inner.read(options);
   }
+  poll(timeout?: number): Promise<boolean> {
+    return this.#inner.poll(timeout);
+  }
+  readInto(buffer: Uint8Array, offset?: number): Promise<number> {
+    return this.#inner.readInto(buffer, offset);
+  }
 
   write(message: unknown): Promise<void> {
     return this.#inner.write(message);
