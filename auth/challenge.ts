@@ -98,6 +98,7 @@ export interface ChallengeOptions {
  * too long, or the comm closed during the exchange; the peer is sent
  * `#FAILURE#` when it answered.
  * @throws {TypeError} If `authkey` is not a string or a Uint8Array.
+ * @throws {RangeError} If `authkey` is empty.
  */
 export async function deliverChallenge(
   comm: Comm,
@@ -114,7 +115,7 @@ export async function deliverChallenge(
     await channel.send(concat(CHALLENGE, message));
     const response = await channel.receive(MAX_MESSAGE_BYTES, options.signal);
     try {
-      verify(key, message, response);
+      verify(key, message, response, comm.peerAddress);
     } catch (error) {
       await channel.send(FAILURE).catch(() => {});
       throw error;
@@ -138,7 +139,7 @@ export async function deliverChallenge(
  * const [server, client] = pipe();
  * const delivering = deliverChallenge(server, "right");
  * await assertRejects(() => answerChallenge(client, "wrong"), AuthenticationError);
- * await assertRejects(() => delivering, AuthenticationError, "digest received was wrong");
+ * await assertRejects(() => delivering, AuthenticationError, "was wrong");
  * await server.close();
  * await client.close();
  * ```
@@ -150,6 +151,7 @@ export async function deliverChallenge(
  * challenge, a challenge too short, or rejects our answer, or the comm
  * closed during the exchange.
  * @throws {TypeError} If `authkey` is not a string or a Uint8Array.
+ * @throws {RangeError} If `authkey` is empty.
  */
 export async function answerChallenge(
   comm: Comm,
@@ -201,9 +203,18 @@ export async function authenticate(
 
 /** Checks an `authkey` option; returns its bytes. */
 export function authkeyBytes(authkey: unknown): Uint8Array {
-  if (typeof authkey === "string") return encoder.encode(authkey);
-  if (authkey instanceof Uint8Array) return authkey;
-  throw new TypeError(`Invalid authkey ${describe(authkey)}: expected a string or a Uint8Array`);
+  let key: Uint8Array;
+  if (typeof authkey === "string") key = encoder.encode(authkey);
+  else if (authkey instanceof Uint8Array) key = authkey;
+  else {
+    throw new TypeError(`Invalid authkey ${describe(authkey)}: expected a string or a Uint8Array`);
+  }
+  // Python's Listener takes an empty key as no key, its Client as a key:
+  // neither reading is safe to guess.
+  if (key.length === 0) {
+    throw new RangeError("Invalid authkey: it is empty; give a key, or no authkey for none");
+  }
+  return key;
 }
 
 /** Runs one side of the exchange; what goes wrong on the wire is an AuthenticationError. */
@@ -268,17 +279,22 @@ function respond(key: Uint8Array, challenge: Uint8Array): Uint8Array {
 }
 
 /** Checks the peer's answer to our challenge `message`, in constant time. */
-function verify(key: Uint8Array, message: Uint8Array, response: Uint8Array): void {
+function verify(
+  key: Uint8Array,
+  message: Uint8Array,
+  response: Uint8Array,
+  peerAddress: string,
+): void {
   const [named, mac] = digestOf(response);
   const digest = named || "md5";
   const expected = hmac(digest, key, message);
   if (expected.length !== mac.length) {
     throw new AuthenticationError(
-      `Expected a ${digest} digest of ${expected.length} bytes, got ${mac.length}`,
+      `Expected a ${digest} digest of ${expected.length} bytes from "${peerAddress}", got ${mac.length}`,
     );
   }
   if (!timingSafeEqual(expected, mac)) {
-    throw new AuthenticationError("The digest received was wrong");
+    throw new AuthenticationError(`The digest received from "${peerAddress}" was wrong`);
   }
 }
 
