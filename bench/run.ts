@@ -51,7 +51,11 @@ function median(values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)];
 }
 
-/** Runs `ours` and `reference` alternately, REPEATS times each; medians. */
+/**
+ * Runs `ours` and `reference` alternately, REPEATS times each, each going
+ * first half of the time (so that neither always pays the other's garbage
+ * collection); medians.
+ */
 async function sideBySide(
   ours: () => Promise<number>,
   reference: () => Promise<number>,
@@ -59,8 +63,13 @@ async function sideBySide(
   const a: number[] = [];
   const b: number[] = [];
   for (let i = 0; i < REPEATS; i++) {
-    b.push(await reference());
-    a.push(await ours());
+    if (i % 2 === 0) {
+      b.push(await reference());
+      a.push(await ours());
+    } else {
+      a.push(await ours());
+      b.push(await reference());
+    }
   }
   return [median(a), median(b)];
 }
@@ -181,10 +190,15 @@ async function startPeer(
   }).spawn();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let line = "";
-  while (!line.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`bench peer (${mode}) exited before printing its address`);
-    line += value;
+  const timer = setTimeout(() => child.kill(), 30_000);
+  try {
+    while (!line.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`bench peer (${mode}) exited before printing its address`);
+      line += value;
+    }
+  } finally {
+    clearTimeout(timer);
   }
   return {
     address: line.trim(),

@@ -268,13 +268,23 @@ export function createCodec(options: CodecOptions): Codec {
     return value;
   }
 
+  /** Nested encode() calls under way (from a getter, say). */
+  let depth = 0;
+
   function encode(message: unknown): Uint8Array[] {
     const out: Uint8Array[] = [EMPTY];
+    const outer = frames;
     frames = out;
+    depth++;
     try {
-      out[0] = encoder.encodeSharedRef(message);
+      // A nested call gets an encoder of its own: the shared one is busy
+      // with the outer message.
+      out[0] = depth === 1
+        ? encoder.encodeSharedRef(message)
+        : createEncoder(toReference).encode(message);
     } finally {
-      frames = [];
+      depth--;
+      frames = outer;
     }
     return out;
   }
@@ -293,6 +303,7 @@ export function createCodec(options: CodecOptions): Codec {
     // One value per referenced frame, however often it is referenced: a
     // joined payload must not be rebuilt (and reallocated) per reference.
     const resolved = new Map<number, unknown>();
+    let claimed: Uint8Array | undefined;
     return restore(message, 0);
 
     function restore(value: unknown, depth: number): unknown {
@@ -358,6 +369,17 @@ export function createCodec(options: CodecOptions): Codec {
             String(count)
           } sub-frames, but only ${frames.length - offset - 1} follow`,
         );
+      }
+      // Each frame belongs to one payload: references whose frames
+      // overlap would make joins copy the same bytes again and again.
+      claimed ??= new Uint8Array(frames.length);
+      for (let i = offset; i <= offset + count; i++) {
+        if (claimed[i]) {
+          throw new ProtocolError(
+            `Peer sent ${kind} references that share frame ${i}: each frame belongs to one payload`,
+          );
+        }
+        claimed[i] = 1;
       }
       const subFrames = frames.slice(offset + 1, offset + 1 + count);
       if (kind === SERIALIZED_KEY && isPlainBytes(record)) {

@@ -2,7 +2,7 @@
 // backends: each accepted Deno.Conn becomes a StreamComm.
 
 import type { BackendListener } from "./registry.ts";
-import { StreamComm } from "./stream_comm.ts";
+import { DEFER_READING, StreamComm } from "./stream_comm.ts";
 import type { Comm, CommOptions } from "./types.ts";
 import type { StreamCommOptions } from "./stream_comm.ts";
 
@@ -84,7 +84,8 @@ export function streamCommOver(
 ): StreamComm {
   try {
     prepare?.(conn);
-    return new StreamComm(conn, options);
+    // connect() and listen() start reading once any authkey challenge is done.
+    return new StreamComm(conn, { ...options, [DEFER_READING]: true } as StreamCommOptions);
   } catch (error) {
     conn.close();
     throw error;

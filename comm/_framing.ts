@@ -330,11 +330,12 @@ export class FrameReader implements MessageReader {
           // Its own buffer, made by the next space(): not before the comm
           // wants more bytes, so that a paused reader allocates nothing.
           this.#directPending = true;
+          this.#needed = 0;
           return undefined;
         }
         const here = this.#buffer.subarray(start, start + length);
         if (this.#allocate) {
-          const target = allocateFrame(this.#allocate, length);
+          const target = allocateFrame(this.#allocate, length, this.#buffer, frames, this.#index);
           target.set(here);
           frames[this.#index++] = target;
         } else {
@@ -363,7 +364,7 @@ export class FrameReader implements MessageReader {
    */
   #openDirect(): void {
     const length = this.#lengths[this.#index];
-    const target = allocateFrame(this.#allocate, length);
+    const target = allocateFrame(this.#allocate, length, this.#buffer, this.#frames!, this.#index);
     const n = this.#end - this.#start;
     target.set(this.#buffer.subarray(this.#start, this.#end));
     this.#start = this.#end;
@@ -387,13 +388,19 @@ export class FrameReader implements MessageReader {
 
 /**
  * A buffer of exactly `length` bytes for a large frame: from `allocate`
- * when given (a view of what it returns), else fresh.
+ * when given (a view of what it returns), else fresh. What `allocate`
+ * returns must not be the memory the reader reads into, nor overlap a frame
+ * already placed in this message (`placed[0..count)`).
  *
- * @throws {AllocateError} If `allocate` throws or returns too little.
+ * @throws {AllocateError} If `allocate` throws, returns too little, or
+ * returns memory in use.
  */
 export function allocateFrame(
   allocate: ((size: number) => Uint8Array) | undefined,
   length: number,
+  readBuffer?: Uint8Array,
+  placed: readonly Uint8Array[] = [],
+  count = 0,
 ): Uint8Array {
   if (!allocate) return new Uint8Array(length);
   let buffer: Uint8Array;
@@ -409,7 +416,25 @@ export function allocateFrame(
       }: it must return a Uint8Array of at least the size asked for`,
     );
   }
-  return buffer.length === length ? buffer : buffer.subarray(0, length);
+  const target = buffer.length === length ? buffer : buffer.subarray(0, length);
+  if (readBuffer && target.buffer === readBuffer.buffer) {
+    throw new AllocateError(
+      `allocate(${length}) returned memory the comm reads into (a small binary received earlier?): recycle only buffers that allocate gave`,
+    );
+  }
+  for (let i = 0; i < count; i++) {
+    const frame = placed[i];
+    if (
+      frame.buffer === target.buffer &&
+      frame.byteOffset < target.byteOffset + length &&
+      target.byteOffset < frame.byteOffset + frame.byteLength
+    ) {
+      throw new AllocateError(
+        `allocate(${length}) returned memory that holds frame ${i} of the same message: it must give memory nothing else uses`,
+      );
+    }
+  }
+  return target;
 }
 
 export function formatSize(value: number): string {

@@ -103,7 +103,7 @@ export class MpFrameReader implements MessageReader {
   space(): Uint8Array {
     if (this.#directPending) {
       // What already arrived is copied in; the rest is read straight into it.
-      const target = allocateFrame(this.#allocate, this.#directLength);
+      const target = allocateFrame(this.#allocate, this.#directLength, this.#buffer);
       target.set(this.#buffer.subarray(this.#start, this.#end));
       this.#directFilled = this.#end - this.#start;
       this.#start = this.#end;
@@ -171,7 +171,7 @@ export class MpFrameReader implements MessageReader {
     if (available >= size) {
       let frame: Uint8Array = this.#buffer.subarray(start + header, start + size);
       if (this.#allocate && length >= this.#directFrameBytes) {
-        const target = allocateFrame(this.#allocate, length);
+        const target = allocateFrame(this.#allocate, length, this.#buffer);
         target.set(frame);
         frame = target;
       }

@@ -21,6 +21,7 @@ import {
   timeoutSignal,
 } from "./_util.ts";
 import { authenticate, authkeyBytes } from "../auth/challenge.ts";
+import { startReading } from "./stream_comm.ts";
 import {
   AddressError,
   AuthenticationError,
@@ -168,6 +169,7 @@ export async function connect(
       await authenticate(comm, options.authkey, "client", timer.signal);
     }
     if (checkFraming(options.framing) === "dask") await handshake(comm, timer.signal);
+    startReading(comm);
   } catch (error) {
     comm.abort(error);
     await comm.close();
@@ -482,6 +484,7 @@ class CommListener implements Listener {
         await authenticate(comm, this.#authkey, "listener", timer.signal);
       }
       if (this.#daskHandshake) await handshake(comm, timer.signal);
+      startReading(comm);
     } catch (error) {
       comm.abort(error);
       await comm.close();

@@ -105,8 +105,22 @@ export interface StreamCommOptions extends CommOptions {
   peerAddress: string;
 }
 
-// Set by StreamComm's static block: how rawChannel() reaches a comm's privates.
+// Set by StreamComm's static block: how the functions below reach a comm's privates.
 let rawChannelOf: (comm: StreamComm) => RawChannel | undefined;
+let startReadingOf: (comm: StreamComm) => void;
+
+/**
+ * Internal option: a comm made with it reads nothing until `startReading()`
+ * or its first read, so that the `authkey` challenge can go first over
+ * `rawChannel()`. The built-in backends set it; `connect()` and `listen()`
+ * start reading once a comm is set up.
+ */
+export const DEFER_READING: unique symbol = Symbol("deferReading");
+
+/** Starts reading ahead on `comm`, if it is a StreamComm that has not yet. */
+export function startReading(comm: unknown): void {
+  if (comm instanceof StreamComm) startReadingOf(comm);
+}
 
 interface Chunk {
   bytes: Uint8Array;
@@ -123,7 +137,7 @@ interface Chunk {
  * few stream writes, one at a time, in order. Reads are done ahead: every
  * whole message already received is decoded without awaiting between them,
  * and reading pauses when many are left unread (8192 messages or 8 MiB,
- * the message being received included), so a slow consumer slows the peer
+ * counting the message being received), so a slow consumer slows the peer
  * down instead of filling memory.
  *
  * It does not do the connection handshake: `connect()` and `listen()` do.
@@ -194,7 +208,7 @@ export class StreamComm implements Comm {
   #inboxBytes = 0;
   #readers = new Queue<Deferred<unknown>>();
   #readLoop: Promise<void> | undefined;
-  /** Whether reading started: at the first read, poll or readInto. */
+  /** Whether reading started: at once, or (DEFER_READING) by startReading() or the first read. */
   #reading = false;
   #paused = false;
   /** poll() calls waiting for a message to reach the inbox. */
@@ -235,6 +249,7 @@ export class StreamComm implements Comm {
       { directFrameBytes: binaryFrameThreshold, allocate: checkAllocate(options.allocate) },
     );
     this.#codec = multiprocessing ? BYTES_CODEC : createCodec({ binaryFrameThreshold });
+    if (!(options as { [DEFER_READING]?: boolean })[DEFER_READING]) this.#startReading();
   }
 
   /** This end's address. */
@@ -467,7 +482,7 @@ export class StreamComm implements Comm {
         reader.maxMessageSize = maxBytes + 64;
         try {
           let frames: Uint8Array[] | undefined;
-          while ((frames = reader.next()) === undefined) {
+          while ((frames = nextWithin(reader, maxBytes)) === undefined) {
             const reading = this.#conn.read(reader.space());
             const n = await (signal ? abortable(reading, signal) : reading);
             if (n === null) {
@@ -492,6 +507,7 @@ export class StreamComm implements Comm {
 
   static {
     rawChannelOf = (comm) => comm.#reading ? undefined : comm.#rawChannel();
+    startReadingOf = (comm) => comm.#startReading();
   }
 
   async #runReadLoop(): Promise<void> {
@@ -499,23 +515,8 @@ export class StreamComm implements Comm {
     const codec = this.#codec;
     try {
       while (!this.#closing && !this.#ended) {
-        // The message being received counts too, before its buffer is
-        // made: a large one waits for a reader rather than sit in memory
-        // beside the one the reader still holds.
-        if (
-          this.#readers.length === 0 &&
-          (this.#inbox.length >= READ_AHEAD_MESSAGES ||
-            this.#inboxBytes + reader.neededBytes >= READ_AHEAD_BYTES)
-        ) {
-          this.#paused = true;
-          return;
-        }
-        const n = await this.#conn.read(reader.space());
-        if (n === null) {
-          this.#onEndOfStream();
-          return;
-        }
-        reader.commit(n);
+        // Whole messages buffered first: some may have come in with the
+        // last raw message of the authkey challenge.
         let frames: Uint8Array[] | undefined;
         while ((frames = reader.next()) !== undefined) {
           const message = codec.decode(frames);
@@ -529,6 +530,26 @@ export class StreamComm implements Comm {
             for (let w; (w = this.#arrivals.shift());) w.resolve(true);
           }
         }
+        // Behind unread messages, the message being received counts too,
+        // before its buffer is made: a large one waits until they are read
+        // rather than sit in memory beside them. With none unread, reading
+        // goes on whatever the size, or a sender waiting for its large
+        // write to be taken before it reads would never be answered.
+        const inbox = this.#inbox.length;
+        if (
+          this.#readers.length === 0 && inbox > 0 &&
+          (inbox >= READ_AHEAD_MESSAGES ||
+            this.#inboxBytes + reader.neededBytes >= READ_AHEAD_BYTES)
+        ) {
+          this.#paused = true;
+          return;
+        }
+        const n = await this.#conn.read(reader.space());
+        if (n === null) {
+          this.#onEndOfStream();
+          return;
+        }
+        reader.commit(n);
       }
     } catch (error) {
       if (this.#ended || (this.#closing && !(error instanceof ProtocolError))) {
@@ -662,6 +683,21 @@ export class StreamComm implements Comm {
     for (const chunk of this.#chunks.drain()) chunk.written?.reject(error);
     this.#outPos = 0;
     this.#queuedBytes = 0;
+  }
+}
+
+/** `reader.next()`, with a size error that names the challenge's limit. */
+function nextWithin(reader: MessageReader, maxBytes: number): Uint8Array[] | undefined {
+  try {
+    return reader.next();
+  } catch (error) {
+    if (!(error instanceof ProtocolError)) throw error;
+    // The reader's limit here is the challenge's, not maxMessageSize.
+    const what = error.message.replace(/,? more than maxMessageSize.*$/, "");
+    throw new ProtocolError(
+      `${what}: the authkey challenge allows one frame of at most ${maxBytes} bytes a message`,
+      { cause: error },
+    );
   }
 }
 

@@ -437,3 +437,57 @@ Deno.test("Codec decodes map keys right whatever its key cache holds", () => {
     }
   }
 });
+
+Deno.test("Codec encodes a message whose getter encodes another, both intact", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1000 });
+  const inner: Uint8Array[][] = [];
+  const big = new Uint8Array(5000).fill(4);
+  const message = {
+    get early() {
+      inner.push(
+        codec.encode({ nested: new Set([1]), big: new Uint8Array(3000).fill(1), n: 2n ** 60n }),
+      );
+      return "x";
+    },
+    big,
+  };
+  const frames = codec.encode(message).map((f) => f.slice());
+  assertEquals(codec.decode(frames), { early: "x", big });
+  assertEquals(codec.decode(inner[0].map((f) => f.slice())), {
+    nested: new Set([1]),
+    big: new Uint8Array(3000).fill(1),
+    n: 2n ** 60n,
+  });
+});
+
+Deno.test("FrameReader refuses an allocate that returns memory in use", () => {
+  const bytes = frame([
+    new Uint8Array(1),
+    new Uint8Array(5000).fill(1),
+    new Uint8Array(5000).fill(2),
+  ]);
+  // The same memory twice in one message.
+  const shared = new Uint8Array(5000);
+  let reader = new FrameReader(MAX, { directFrameBytes: 1000, allocate: () => shared });
+  assertThrows(() => feed(reader, bytes, 100), AllocateError, "holds frame 1 of the same message");
+  // The memory the reader reads into.
+  let readInto: Uint8Array | undefined;
+  reader = new FrameReader(MAX, {
+    directFrameBytes: 1000,
+    allocate: (size) => new Uint8Array(readInto!.buffer, 0, size),
+  });
+  readInto = reader.space();
+  assertThrows(() => feed(reader, bytes, 100), AllocateError, "memory the comm reads into");
+});
+
+Deno.test("Codec refuses references whose frames overlap, before joining them", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1 << 16 });
+  const encoder = new Encoder();
+  const subHeader = (count: number) =>
+    encoder.encode({ serializer: "dask", type: "bytes", "num-sub-frames": count });
+  // Frame 1 claims frames 2 to 4; frame 2 claims 3 and 4 again.
+  const body = encoder.encode([{ __Serialized__: 1 }, { __Serialized__: 2 }]);
+  const part = new Uint8Array(1000);
+  const frames = [body, subHeader(3), subHeader(2), part, part];
+  assertThrows(() => codec.decode(frames), ProtocolError, "share frame 2");
+});

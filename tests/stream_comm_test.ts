@@ -189,7 +189,7 @@ Deno.test("StreamComm.abort() fails pending writes of large frames", async () =>
   assertStrictEquals((error.cause as Error).message, "shutting down");
 });
 
-Deno.test("StreamComm.read() makes no buffer for a large incoming binary until it is read", async () => {
+Deno.test("StreamComm.read() makes no buffer for a large binary behind unread messages", async () => {
   const stream = new FakeStream();
   const asked: number[] = [];
   const comm = new StreamComm(stream, {
@@ -199,21 +199,40 @@ Deno.test("StreamComm.read() makes no buffer for a large incoming binary until i
       return new Uint8Array(size);
     },
   });
-  // A message of 9 MiB, more than the comm reads ahead of its readers, of
-  // which only the header and the first bytes have arrived.
+  // An unread message, then a message of 9 MiB (more than the comm reads
+  // ahead of its reader) of which only the first bytes have arrived.
   const payload = new Uint8Array(9 * 1024 * 1024).map((_, i) => i % 251);
   const frames = [new Uint8Array([0xc0]), new Uint8Array([0x80]), payload];
   const bytes = new Uint8Array(headerSize(3) + 2 + payload.length);
   writeHeader(new DataView(bytes.buffer), 0, frames);
   bytes.set([0xc0, 0x80], headerSize(3));
   bytes.set(payload, headerSize(3) + 2);
-  stream.push(bytes.subarray(0, 1000));
+  stream.push(new Uint8Array([...message("first"), ...bytes.subarray(0, 1000)]));
+  assert(await comm.poll(1000), "the first message did not arrive");
   for (let i = 0; i < 50; i++) await new Promise((resolve) => setTimeout(resolve, 0));
-  assertEquals(asked, [], "a buffer was made with nobody reading");
-  const reading = comm.read();
+  assertEquals(asked, [], "a buffer was made while a message was left unread");
+  assertEquals(await comm.read(), "first");
   stream.push(bytes.subarray(1000));
-  assertEquals(await reading, null); // frame 0 is msgpack nil: the payload is received all the same
+  assertEquals(await comm.read(), null); // frame 0 is msgpack nil; the payload came all the same
   assertEquals(asked, [payload.length]);
   comm.abort();
   await comm.close();
+});
+
+Deno.test("StreamComm.read() gets a large message its peer is still writing, unasked", async () => {
+  // A writer waits for its 16 MiB write to be taken before it reads: the
+  // reader must take it without a read() waiting (no deadlock).
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepting = listener.accept();
+  const a = new StreamComm(
+    await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    ADDRESSES,
+  );
+  const b = new StreamComm(await accepting, ADDRESSES);
+  await b.poll(); // b starts reading, with no read() waiting
+  const big = new Uint8Array(16 * 1024 * 1024).fill(3);
+  await a.write(big);
+  assertEquals((await b.read() as Uint8Array).length, big.length);
+  await a.close();
+  await b.close();
 });
