@@ -471,12 +471,12 @@ Deno.test("FrameReader refuses an allocate that returns memory in use", () => {
   let reader = new FrameReader(MAX, { directFrameBytes: 1000, allocate: () => shared });
   assertThrows(() => feed(reader, bytes, 100), AllocateError, "holds frame 1 of the same message");
   // The memory the reader reads into.
-  let readInto: Uint8Array | undefined;
+  const readInto: { space?: Uint8Array } = {};
   reader = new FrameReader(MAX, {
     directFrameBytes: 1000,
-    allocate: (size) => new Uint8Array(readInto!.buffer, 0, size),
+    allocate: (size) => new Uint8Array(readInto.space!.buffer, 0, size),
   });
-  readInto = reader.space();
+  readInto.space = reader.space();
   assertThrows(() => feed(reader, bytes, 100), AllocateError, "memory the comm reads into");
 });
 
