@@ -96,7 +96,7 @@ export interface ChallengeOptions {
  * @param options A signal to stop waiting.
  * @throws {AuthenticationError} If the peer's answer is wrong, malformed or
  * too long, or the comm closed during the exchange; the peer is sent
- * `#FAILURE#` when it answered.
+ * `#FAILURE#` when its answer was read and found wrong.
  * @throws {TypeError} If `authkey` is not a string or a Uint8Array.
  * @throws {RangeError} If `authkey` is empty.
  */
@@ -173,7 +173,7 @@ export async function answerChallenge(
         `Challenge from "${comm.peerAddress}" too short: ${challenge.length} bytes`,
       );
     }
-    await channel.send(respond(key, challenge));
+    await channel.send(respond(key, challenge, comm.peerAddress));
     const reply = await channel.receive(MAX_MESSAGE_BYTES, options.signal);
     if (!equalBytes(reply, WELCOME)) {
       throw new AuthenticationError(`The digest sent was rejected by "${comm.peerAddress}"`);
@@ -251,7 +251,7 @@ function channelOf(comm: Comm): RawChannel {
 }
 
 /** The digest named by a challenge or an answer, and the rest of it; "" for legacy MD5. */
-function digestOf(message: Uint8Array): [string, Uint8Array] {
+function digestOf(message: Uint8Array, peerAddress: string): [string, Uint8Array] {
   if (message.length === MD5ONLY_MESSAGE_LENGTH || message.length === MD5_DIGEST_LENGTH) {
     return ["", message];
   }
@@ -263,7 +263,9 @@ function digestOf(message: Uint8Array): [string, Uint8Array] {
     }
   }
   throw new AuthenticationError(
-    `Unsupported message length, missing digest prefix, or unsupported digest: ${preview(message)}`,
+    `Unsupported message length, missing digest prefix, or unsupported digest from "${peerAddress}" (a peer without the authkey?): ${
+      preview(message)
+    }`,
   );
 }
 
@@ -272,8 +274,8 @@ function hmac(digest: string, key: Uint8Array, message: Uint8Array): Uint8Array 
 }
 
 /** Our answer to `challenge`: in the digest it names, or bare HMAC-MD5 to a legacy one. */
-function respond(key: Uint8Array, challenge: Uint8Array): Uint8Array {
-  const [digest] = digestOf(challenge);
+function respond(key: Uint8Array, challenge: Uint8Array, peerAddress: string): Uint8Array {
+  const [digest] = digestOf(challenge, peerAddress);
   if (digest === "") return hmac("md5", key, challenge);
   return concat(encoder.encode(`{${digest}}`), hmac(digest, key, challenge));
 }
@@ -285,7 +287,7 @@ function verify(
   response: Uint8Array,
   peerAddress: string,
 ): void {
-  const [named, mac] = digestOf(response);
+  const [named, mac] = digestOf(response, peerAddress);
   const digest = named || "md5";
   const expected = hmac(digest, key, message);
   if (expected.length !== mac.length) {

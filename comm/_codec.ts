@@ -295,7 +295,9 @@ export function createCodec(options: CodecOptions): Codec {
       message = decoder.decode(frames[0]);
     } catch (error) {
       throw new ProtocolError(
-        `Peer sent a message body that is not valid msgpack: ${(error as Error).message}`,
+        startsWithChallenge(frames[0])
+          ? "Peer sent an authkey challenge: connect with the authkey option (the key it expects)"
+          : `Peer sent a message body that is not valid msgpack: ${(error as Error).message}`,
         { cause: error },
       );
     }
@@ -393,6 +395,14 @@ export function createCodec(options: CodecOptions): Codec {
 }
 
 const EMPTY = new Uint8Array(0);
+const CHALLENGE = new TextEncoder().encode("#CHALLENGE#");
+
+/** Whether `bytes` is multiprocessing.connection's challenge message. */
+function startsWithChallenge(bytes: Uint8Array): boolean {
+  if (bytes.length < CHALLENGE.length) return false;
+  for (let i = 0; i < CHALLENGE.length; i++) if (bytes[i] !== CHALLENGE[i]) return false;
+  return true;
+}
 
 function isPlainBytes(header: Record<string, unknown>): boolean {
   if (header.serializer !== "dask") return false;

@@ -18,6 +18,8 @@ import {
 } from "@std/assert";
 import {
   AddressError,
+  AuthenticationError,
+  BufferTooShortError,
   type Comm,
   CommClosedError,
   type CommHandler,
@@ -78,6 +80,9 @@ const BLOB_MESSAGES = 210; // under 256, so that every fill byte is distinct
 const UNREAD_MESSAGES = 20_000;
 const SLOW_READER_MESSAGES = 200;
 const RACING_CLIENTS = 20;
+const AUTHKEY = "conformance key";
+/** Message sizes for the multiprocessing framing: empty, one byte, a frame of its own, more. */
+const MP_SIZES = [0, 1, 64 * 1024, 1024 * 1024];
 
 /**
  * Registers the conformance cases for one backend.
@@ -722,11 +727,367 @@ export function commSuite(name: string, setup: CommSuiteSetup): void {
     }
     assertEquals(problems, []);
   });
+
+  // -- authkey, the multiprocessing framing, poll(), readInto(), lastAccepted --
+
+  test("connect() with the listener's authkey passes the challenge and carries messages", async () => {
+    await using at = await site();
+    await using listener = await serve(at, echo, { authkey: AUTHKEY });
+    await using comm = await dial(listener.contactAddress, { authkey: AUTHKEY });
+    for (const message of ["after the challenge", { n: 1 }, new Uint8Array([35, 87, 69])]) {
+      await comm.write(message);
+      assertEquals(await comm.read(), message);
+    }
+  });
+
+  test("connect() with a wrong authkey rejects with AuthenticationError and the listener reports it", async () => {
+    await using at = await site();
+    const reported = Promise.withResolvers<unknown>();
+    await using listener = await serve(at, echo, {
+      authkey: AUTHKEY,
+      onError: (error) => reported.resolve(error),
+    });
+    await assertRejects(
+      () => dial(listener.contactAddress, { authkey: `not ${AUTHKEY}`, timeout: 5_000 }),
+      AuthenticationError,
+    );
+    assertInstanceOf(await reported.promise, AuthenticationError);
+    assertEquals(listener.lastAccepted, undefined, "a comm that failed the challenge counted");
+    // The listener goes on serving clients that know the key.
+    await using comm = await dial(listener.contactAddress, { authkey: AUTHKEY });
+    await comm.write("still serving");
+    assertEquals(await comm.read(), "still serving");
+  });
+
+  test("connect() and listen() take an authkey as a Uint8Array the same as its UTF-8 string", async () => {
+    await using at = await site();
+    const text = "clé partagée 🔑";
+    const bytes = new TextEncoder().encode(text);
+    const padded = new Uint8Array(bytes.length + 8).fill(0xaa);
+    padded.set(bytes, 4);
+    const view = padded.subarray(4, 4 + bytes.length); // only the view is the key
+    const pairs: [listenKey: string | Uint8Array, connectKey: string | Uint8Array][] = [
+      [text, bytes],
+      [bytes, text],
+      [text, view],
+      [new Uint8Array([0, 255, 128, 7]), new Uint8Array([0, 255, 128, 7])], // not UTF-8
+    ];
+    for (const [i, [listenKey, connectKey]] of pairs.entries()) {
+      await using listener = await serve(at, echo, { authkey: listenKey });
+      await using comm = await dial(listener.contactAddress, {
+        authkey: connectKey,
+        timeout: 5_000,
+      });
+      await comm.write(i);
+      assertEquals(await comm.read(), i, `pair ${i}`);
+    }
+  });
+
+  test("connect() and listen() with the multiprocessing framing carry raw bytes of 0 B to 1 MiB", async () => {
+    await using at = await site();
+    const framing = "multiprocessing";
+    await using listener = await serve(at, echo, { framing });
+    await using comm = await dial(listener.contactAddress, { framing });
+    const payloads = MP_SIZES.map((size) => patterned(size, size + 1));
+    // One at a time, then all pipelined.
+    const received: unknown[] = [];
+    for (const payload of payloads) {
+      await comm.write(payload);
+      received.push(await comm.read());
+    }
+    await Promise.all(payloads.map((payload) => comm.write(payload)));
+    for (let i = 0; i < payloads.length; i++) received.push(await comm.read());
+    for (const [i, back] of received.entries()) {
+      const payload = payloads[i % payloads.length];
+      const label = `${payload.length} bytes, ${i < payloads.length ? "alone" : "pipelined"}`;
+      if (setup.byReference) {
+        assertStrictEquals(back, payload, label);
+        continue;
+      }
+      assertInstanceOf(back, Uint8Array, label);
+      assert(back !== payload, `${label}: the same object came back, not a copy`);
+      assertEquals((back as Uint8Array).length, payload.length, label);
+      assertEquals(await sha256(back as Uint8Array), await sha256(payload), label);
+    }
+    if (!setup.byReference) {
+      // Any binary is sent as its bytes, and read as a Uint8Array.
+      const floats = new Float64Array([1.5, -2, Math.PI]);
+      await comm.write(floats);
+      assertEquals(await comm.read(), new Uint8Array(floats.buffer));
+    }
+  });
+
+  // A client's first message, written as soon as connect() resolves, often
+  // arrives together with its #WELCOME#: it must be decoded then, not once a
+  // second message comes (this hung over tcp and unix before bf2e71d).
+  test(
+    "connect() and listen() with the multiprocessing framing run the authkey challenge",
+    async () => {
+      await using at = await site();
+      const options = { framing: "multiprocessing", authkey: AUTHKEY } as const;
+      await using listener = await serve(at, echo, options);
+      await using comm = await dial(listener.contactAddress, options);
+      const payload = new Uint8Array([1, 2, 3, 4]);
+      await comm.write(payload);
+      assertEquals(await readWithin(comm, 2_000), payload);
+    },
+  );
+
+  test("connect() with a wrong authkey and the multiprocessing framing rejects with AuthenticationError", async () => {
+    await using at = await site();
+    const reported = Promise.withResolvers<unknown>();
+    const options = { framing: "multiprocessing", authkey: AUTHKEY } as const;
+    await using listener = await serve(at, echo, {
+      ...options,
+      onError: (error) => reported.resolve(error),
+    });
+    await assertRejects(
+      () => dial(listener.contactAddress, { ...options, authkey: "wrong", timeout: 5_000 }),
+      AuthenticationError,
+    );
+    assertInstanceOf(await reported.promise, AuthenticationError);
+  });
+
+  // The same with the dask framing: the client's handshake arrives with its
+  // #WELCOME#, and a handler that speaks first must not wait for the client.
+  test("listen() with authkey lets a handler speak first", async () => {
+    await using at = await site();
+    await using listener = await serve(at, async (comm) => {
+      await comm.write("greeting");
+      await echo(comm);
+    }, { authkey: AUTHKEY });
+    await using comm = await dial(listener.contactAddress, { authkey: AUTHKEY });
+    assertEquals(await readWithin(comm, 2_000), "greeting");
+  });
+
+  if (!setup.byReference) {
+    test("Comm.write() with the multiprocessing framing rejects a message that is not binary with TypeError", async () => {
+      await using at = await site();
+      const framing = "multiprocessing";
+      await using listener = await serve(at, echo, { framing });
+      await using comm = await dial(listener.contactAddress, { framing });
+      for (const message of ["text", { op: "ping" }, null, 42, [new Uint8Array(1)]]) {
+        const error = await assertRejects(() => comm.write(message), TypeError);
+        assertStringIncludes(error.message, "multiprocessing");
+      }
+      assertFalse(comm.closed);
+      const payload = new Uint8Array([9, 8, 7]);
+      await comm.write(payload);
+      assertEquals(await comm.read(), payload, "the comm is no longer usable");
+    });
+  }
+
+  test("Comm.poll() resolves false on an idle comm when the time runs out", async () => {
+    await using at = await site();
+    await using listener = await serve(at);
+    await using client = await dial(listener.contactAddress);
+    await using server = await acceptOne(listener);
+    assertEquals(await client.poll(), false);
+    assertEquals(await client.poll(0), false);
+    assertEquals(await client.poll(20), false);
+    assertEquals(await server.poll(5), false);
+    await client.write("not consumed by the polls");
+    assertEquals(await server.read(), "not consumed by the polls");
+  });
+
+  test("Comm.poll() resolves true once a message is ready, and consumes nothing", async () => {
+    await using at = await site();
+    await using listener = await serve(at);
+    await using client = await dial(listener.contactAddress);
+    await using server = await acceptOne(listener);
+    const waiting = client.poll(10_000); // resolves when the message comes
+    await server.write("first");
+    assertEquals(await waiting, true);
+    assertEquals(await client.poll(), true);
+    assertEquals(await client.poll(5_000), true);
+    assertEquals(await client.read(), "first");
+    assertEquals(await client.poll(), false, "a message read is still reported");
+    await server.write("second");
+    await server.write(new Uint8Array(100_000).fill(2));
+    assertEquals(await client.poll(5_000), true);
+    assertEquals(await client.read(), "second");
+    assertEquals(await client.poll(5_000), true);
+    assertEquals((await client.read() as Uint8Array).length, 100_000);
+  });
+
+  test("Comm.poll() resolves true once the peer closed, and after a local close", async () => {
+    await using at = await site();
+    await using listener = await serve(at);
+    await using client = await dial(listener.contactAddress);
+    await using server = await acceptOne(listener);
+    const waiting = client.poll(10_000);
+    await server.write("last");
+    await server.close();
+    assertEquals(await waiting, true);
+    assertEquals(await client.read(), "last");
+    assertEquals(await client.poll(5_000), true, "the end is not ready");
+    await assertRejects(() => client.read(), CommClosedError);
+    assertEquals(await client.poll(), true);
+    await client.close();
+    assertEquals(await client.poll(), true, "after a local close");
+  });
+
+  test("Comm.poll() rejects a negative or NaN timeout with RangeError", async () => {
+    await using at = await site();
+    await using listener = await serve(at, echo);
+    await using comm = await dial(listener.contactAddress);
+    for (const timeout of [-1, -Infinity, NaN, "10" as unknown as number]) {
+      await assertRejects(() => comm.poll(timeout), RangeError, "poll timeout");
+    }
+    await comm.write("still usable");
+    assertEquals(await comm.poll(Infinity), true);
+    assertEquals(await comm.read(), "still usable");
+  });
+
+  test("Comm.readInto() copies a binary message into the buffer at offset", async () => {
+    await using at = await site();
+    await using listener = await serve(at);
+    await using client = await dial(listener.contactAddress);
+    await using server = await acceptOne(listener);
+    const buffer = new Uint8Array(10).fill(0xee);
+    await server.write(new Uint8Array([1, 2, 3, 4, 5]));
+    assertEquals(await client.readInto(buffer), 5);
+    assertEquals(buffer, new Uint8Array([1, 2, 3, 4, 5, 0xee, 0xee, 0xee, 0xee, 0xee]));
+    // It waits for a message that has not come yet.
+    const reading = client.readInto(buffer, 8);
+    await server.write(new Uint8Array([6, 7]));
+    assertEquals(await reading, 2);
+    assertEquals(buffer, new Uint8Array([1, 2, 3, 4, 5, 0xee, 0xee, 0xee, 6, 7]));
+    await server.write(new Uint8Array(0));
+    assertEquals(await client.readInto(buffer, buffer.length), 0, "an empty message at the end");
+    // A binary large enough to travel as a frame of its own.
+    const big = patterned(100_000, 5);
+    const room = new Uint8Array(100_001);
+    await server.write(big);
+    assertEquals(await client.readInto(room, 1), big.length);
+    assertEquals(room[0], 0);
+    assertEquals(await sha256(room.subarray(1)), await sha256(big));
+  });
+
+  test("Comm.readInto() rejects with BufferTooShortError carrying a message that does not fit", async () => {
+    await using at = await site();
+    await using listener = await serve(at);
+    await using client = await dial(listener.contactAddress);
+    await using server = await acceptOne(listener);
+    const message = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]);
+    await server.write(message);
+    await server.write("next");
+    await server.write(new Uint8Array([1, 2, 3]));
+    await server.write(new Uint8Array([9]));
+    const buffer = new Uint8Array(4).fill(0xee);
+    const error = await assertRejects(() => client.readInto(buffer), BufferTooShortError);
+    assertEquals(error.data, message, "the message that did not fit is lost");
+    assertEquals(buffer, new Uint8Array(4).fill(0xee), "a partial copy was made");
+    assertEquals(await client.read(), "next");
+    // Too short only because of the offset.
+    const wide = new Uint8Array(10).fill(0xee);
+    const late = await assertRejects(() => client.readInto(wide, 8), BufferTooShortError);
+    assertEquals(late.data, new Uint8Array([1, 2, 3]));
+    assertEquals(wide, new Uint8Array(10).fill(0xee));
+    assertEquals(await client.readInto(wide, 9), 1, "a message that just fits");
+    assertEquals(wide[9], 9);
+  });
+
+  test("Comm.readInto() rejects a message that is not binary with TypeError and leaves it for read()", async () => {
+    await using at = await site();
+    await using listener = await serve(at);
+    await using client = await dial(listener.contactAddress);
+    await using server = await acceptOne(listener);
+    const buffer = new Uint8Array(16);
+    for (const message of [{ not: "binary" }, "text", 42]) {
+      await server.write(message);
+      const error = await assertRejects(() => client.readInto(buffer), TypeError);
+      assertStringIncludes(error.message, "not binary");
+      assertEquals(await client.poll(), true, "the message was taken");
+      await assertRejects(() => client.readInto(buffer), TypeError, "not binary");
+      assertEquals(await client.read(), message);
+    }
+    await server.write(new Uint8Array([4, 2]));
+    assertEquals(await client.readInto(buffer), 2);
+    assertEquals(buffer.subarray(0, 2), new Uint8Array([4, 2]));
+  });
+
+  test("Comm.readInto() rejects an offset outside the buffer with RangeError", async () => {
+    await using at = await site();
+    await using listener = await serve(at);
+    await using client = await dial(listener.contactAddress);
+    await using server = await acceptOne(listener);
+    await server.write(new Uint8Array([1]));
+    const buffer = new Uint8Array(10);
+    for (const offset of [-1, 11, 1.5, NaN, Infinity]) {
+      await assertRejects(() => client.readInto(buffer, offset), RangeError, "offset");
+    }
+    assertEquals(await client.readInto(buffer, 10 - 1), 1, "a bad offset consumed the message");
+  });
+
+  test("Comm.readInto() rejects with CommClosedError once the peer closed and nothing is left", async () => {
+    await using at = await site();
+    await using listener = await serve(at);
+    await using client = await dial(listener.contactAddress);
+    await using server = await acceptOne(listener);
+    const buffer = new Uint8Array(4);
+    const reading = client.readInto(buffer);
+    await server.write(new Uint8Array([7]));
+    await server.close();
+    assertEquals(await reading, 1);
+    await assertRejects(() => client.readInto(buffer), CommClosedError);
+  });
+
+  test("Listener.lastAccepted names the peer of the comm accepted last", async () => {
+    await using at = await site();
+    await using listener = await serve(at);
+    assertEquals(listener.lastAccepted, undefined);
+    await using first = await dial(listener.contactAddress);
+    await using firstServer = await acceptOne(listener);
+    assertEquals(listener.lastAccepted, firstServer.peerAddress);
+    assertEquals(listener.lastAccepted, first.localAddress);
+    await using second = await dial(listener.contactAddress);
+    await using secondServer = await acceptOne(listener);
+    assertEquals(listener.lastAccepted, secondServer.peerAddress);
+    assertEquals(listener.lastAccepted, second.localAddress);
+    await listener.close();
+    assertEquals(listener.lastAccepted, second.localAddress, "forgotten at close");
+  });
+
+  test("Listener.lastAccepted is set once the authkey challenge passed", async () => {
+    await using at = await site();
+    let seen: string | undefined = "not called";
+    let listener: Listener | undefined = undefined;
+    listener = await serve(at, async (comm) => {
+      seen = listener!.lastAccepted;
+      await echo(comm);
+    }, { authkey: AUTHKEY, onError: () => {} });
+    try {
+      await assertRejects(
+        () => dial(listener.contactAddress, { authkey: "wrong", timeout: 5_000 }),
+        AuthenticationError,
+      );
+      await using comm = await dial(listener.contactAddress, { authkey: AUTHKEY });
+      await comm.write("in");
+      assertEquals(await comm.read(), "in");
+      assertEquals(seen, comm.localAddress, "not set before the handler ran");
+      assertEquals(listener.lastAccepted, comm.localAddress);
+    } finally {
+      await listener.close();
+    }
+  });
 }
 
 /** Echoes every message back until the peer closes. */
 async function echo(comm: Comm): Promise<void> {
   for await (const message of comm) await comm.write(message);
+}
+
+/** The next message, or a failure naming the wait if none comes within `ms`. */
+async function readWithin(comm: Comm, ms: number): Promise<unknown> {
+  try {
+    return await comm.read({ signal: AbortSignal.timeout(ms) });
+  } catch (error) {
+    if (error instanceof DOMException && error.name === "TimeoutError") {
+      throw new Error(`No message came within ${ms} ms`);
+    }
+    throw error;
+  }
 }
 
 /** The next comm a listener without handler accepts. */
