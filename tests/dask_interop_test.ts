@@ -12,11 +12,10 @@ import {
   assertStrictEquals,
 } from "@std/assert";
 import { type Comm, connect, listen, Serialized } from "../mod.ts";
+import { asBytes, pattern, PythonPeer, WAIT_MS, within } from "./_python_peer.ts";
 
 const PYTHON = "/usr/bin/python3";
 const PEER_SCRIPT = fromFileUrl(new URL("./testdata/dask_peer.py", import.meta.url));
-/** The longest we wait for anything Python does. */
-const WAIT_MS = 30_000;
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
@@ -49,12 +48,7 @@ const ignore = unavailable !== undefined;
 // ---------------------------------------------------------------------------
 // Helpers
 
-// deno-std's npm build has no types, so its asserts do not narrow: these do.
-function asBytes(value: unknown, what = "value"): Uint8Array {
-  assertInstanceOf(value, Uint8Array, `${what} is not a Uint8Array: ${Deno.inspect(value)}`);
-  return value as Uint8Array;
-}
-
+// deno-std's npm build has no types, so its asserts do not narrow: this does.
 function asSerialized(value: unknown, what = "value"): Serialized {
   assertInstanceOf(value, Serialized, `${what} is not a Serialized: ${Deno.inspect(value)}`);
   return value as Serialized;
@@ -64,148 +58,17 @@ function sha256(data: unknown): string {
   return createHash("sha256").update(asBytes(data)).digest("hex");
 }
 
-/** Deterministic bytes that are not all alike (xorshift32). */
-function pattern(size: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(size);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    bytes[i] = x;
-  }
-  return bytes;
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
-/** Rejects with `what()` if `promise` takes over `ms`; clears its timer. */
-async function within<T>(promise: Promise<T>, what: () => string, ms = WAIT_MS): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what()} (waited ${ms} ms)`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function pump(stream: ReadableStream<Uint8Array>, onText: (text: string) => void) {
-  const decoder = new TextDecoder();
-  for await (const chunk of stream) onText(decoder.decode(chunk, { stream: true }));
-  onText(decoder.decode());
-}
-
 /** `tests/testdata/dask_peer.py` running under Debian's Python. */
-class PythonPeer implements AsyncDisposable {
-  readonly #child: Deno.ChildProcess;
-  readonly #pumps: Promise<void>;
-  #stdout = "";
-  #stderr = "";
-  #stdoutDone = false;
-  #wake: (() => void) | undefined;
-  #stdinClosed = false;
-  #status: Deno.CommandStatus | undefined;
-
+class DaskPeer extends PythonPeer {
   constructor(args: string[]) {
-    this.#child = new Deno.Command(PYTHON, {
-      args: [PEER_SCRIPT, ...args],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const notify = () => {
-      const wake = this.#wake;
-      this.#wake = undefined;
-      wake?.();
-    };
-    this.#pumps = Promise.all([
-      pump(this.#child.stdout, (text) => {
-        this.#stdout += text;
-        notify();
-      }).finally(() => {
-        this.#stdoutDone = true;
-        notify();
-      }),
-      pump(this.#child.stderr, (text) => this.#stderr += text),
-    ]).then(() => {});
-    this.#child.status.then((status) => this.#status = status);
-  }
-
-  /** Python's stderr so far, for error messages. */
-  get report(): string {
-    const stderr = this.#stderr.trim();
-    return stderr === "" ? "(Python wrote nothing to stderr)" : `Python's stderr:\n${stderr}`;
-  }
-
-  /** The first line Python prints (the listen mode's address). */
-  firstLine(): Promise<string> {
-    const wait = async () => {
-      while (!this.#stdout.includes("\n") && !this.#stdoutDone) {
-        await new Promise<void>((resolve) => this.#wake = resolve);
-      }
-      const newline = this.#stdout.indexOf("\n");
-      if (newline === -1) {
-        throw new Error(`dask_peer.py exited without printing a line\n${this.report}`);
-      }
-      return this.#stdout.slice(0, newline).trim();
-    };
-    return within(wait(), () => `No first line from dask_peer.py\n${this.report}`);
-  }
-
-  /** Closes stdin and waits for Python to exit on its own. */
-  async finish(): Promise<{ code: number; stdout: string; stderr: string }> {
-    await this.#closeStdin();
-    const status = await within(
-      this.#child.status,
-      () => `dask_peer.py did not exit\n${this.report}`,
-    );
-    await this.#pumps;
-    return { code: status.code, stdout: this.#stdout, stderr: this.#stderr };
-  }
-
-  /** `error` with Python's stderr appended, once Python is done. */
-  async explain(error: unknown): Promise<Error> {
-    await this.#stop(5_000);
-    const report = this.report;
-    if (error instanceof Error && error.message.includes(report)) return error;
-    return new Error(`${messageOf(error)}\n${report}`, { cause: error });
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#stop(10_000);
-  }
-
-  /** Lets Python exit within `ms`, then kills it; waits for its streams. */
-  async #stop(ms: number): Promise<void> {
-    await this.#closeStdin();
-    if (this.#status === undefined) {
-      try {
-        await within(this.#child.status, () => "dask_peer.py did not exit", ms);
-      } catch {
-        try {
-          this.#child.kill("SIGKILL");
-        } catch {
-          // It exited meanwhile.
-        }
-      }
-    }
-    await this.#child.status;
-    await this.#pumps;
-  }
-
-  async #closeStdin(): Promise<void> {
-    if (this.#stdinClosed) return;
-    this.#stdinClosed = true;
-    try {
-      await this.#child.stdin.close();
-    } catch {
-      // Python already exited.
-    }
+    super({
+      python: PYTHON,
+      script: PEER_SCRIPT,
+      args,
+      pipeStdin: true,
+      report: "stderr",
+      disposeMs: 10_000,
+    });
   }
 }
 
@@ -270,7 +133,7 @@ Deno.test({
   name: "connect() talks to a dask listener from Python's distributed.comm",
   ignore,
   async fn() {
-    await using peer = new PythonPeer(["listen"]);
+    await using peer = new DaskPeer(["listen"]);
     try {
       const address = await peer.firstLine();
       assertMatch(address, /^tcp:\/\/127\.0\.0\.1:\d+$/);
@@ -483,7 +346,7 @@ async function echoForPython(args: string[]): Promise<Record<string, unknown>[]>
   }, { onError: (error) => errors.push(error) });
   assertMatch(listener.contactAddress, /^tcp:\/\/127\.0\.0\.1:\d+$/);
 
-  await using peer = new PythonPeer(["connect", listener.contactAddress, ...args]);
+  await using peer = new DaskPeer(["connect", listener.contactAddress, ...args]);
   try {
     const { code, stdout, stderr } = await peer.finish();
     const lines = stdout.trim().split("\n");
@@ -586,7 +449,7 @@ Deno.test({
   name: "16 MiB binaries cross between connect() and a dask listener in both directions",
   ignore,
   async fn() {
-    await using peer = new PythonPeer(["listen"]);
+    await using peer = new DaskPeer(["listen"]);
     try {
       const address = await peer.firstLine();
       {

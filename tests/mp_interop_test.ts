@@ -15,10 +15,9 @@ import { fromFileUrl, join } from "@std/path";
 import { assert, assertEquals, assertInstanceOf, assertMatch } from "@std/assert";
 import { AuthenticationError, type Comm, connect, listen } from "../mod.ts";
 import { answerChallenge, deliverChallenge } from "../auth/mod.ts";
+import { asBytes, messageOf, pattern, PythonPeer, WAIT_MS, within } from "./_python_peer.ts";
 
 const PEER_SCRIPT = fromFileUrl(new URL("./testdata/mp_peer.py", import.meta.url));
-/** The longest we wait for anything Python does. */
-const WAIT_MS = 30_000;
 const KiB = 1024;
 const MiB = 1024 * KiB;
 /** What mp_peer.py's connect mode sends, and what our tests send. */
@@ -110,19 +109,6 @@ if (missing.length > 0) {
 // ---------------------------------------------------------------------------
 // Helpers
 
-/** Deterministic bytes that are not all alike (xorshift32). */
-function pattern(size: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(size);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    bytes[i] = x;
-  }
-  return bytes;
-}
-
 /** What mp_peer.py's connect mode sends: shake_256(b"mp_peer <size>"). */
 const pythonPatterns = new Map<number, Uint8Array>();
 function pythonPattern(size: number): Uint8Array {
@@ -140,12 +126,6 @@ function reversed(bytes: Uint8Array): Uint8Array {
   return bytes.slice().reverse();
 }
 
-// deno-std's npm build has no types, so its asserts do not narrow: this does.
-function asBytes(value: unknown, what: string): Uint8Array {
-  assertInstanceOf(value, Uint8Array, `${what} is not a Uint8Array: ${Deno.inspect(value)}`);
-  return value as Uint8Array;
-}
-
 /** Compares large byte arrays quickly, and says where they differ. */
 function assertSameBytes(actual: unknown, expected: Uint8Array, what: string): void {
   const bytes = asBytes(actual, what);
@@ -159,23 +139,6 @@ function assertSameBytes(actual: unknown, expected: Uint8Array, what: string): v
   throw new Error(
     `${what}: got ${bytes.length} bytes, expected ${expected.length}; first difference at byte ${at}`,
   );
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
-/** Rejects with `what()` if `promise` takes over `ms`; clears its timer. */
-async function within<T>(promise: Promise<T>, what: () => string, ms = WAIT_MS): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what()} (waited ${ms} ms)`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Reads one message, giving up after WAIT_MS. */
@@ -192,101 +155,20 @@ async function readWithin(comm: Comm, what: () => string): Promise<unknown> {
   }
 }
 
-async function pump(stream: ReadableStream<Uint8Array>, onText: (text: string) => void) {
-  const decoder = new TextDecoder();
-  for await (const chunk of stream) onText(decoder.decode(chunk, { stream: true }));
-  onText(decoder.decode());
-}
-
 /** tests/testdata/mp_peer.py running under one Python. */
-class PythonPeer implements AsyncDisposable {
-  readonly #child: Deno.ChildProcess;
-  readonly #pumps: Promise<void>;
-  #stdout = "";
-  #stderr = "";
-  #stdoutDone = false;
-  #wake: (() => void) | undefined;
-  #status: Deno.CommandStatus | undefined;
-
+class MpPeer extends PythonPeer {
   constructor(python: Python, args: string[]) {
-    this.#child = new Deno.Command(python.path, {
-      args: [PEER_SCRIPT, ...args],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const notify = () => {
-      const wake = this.#wake;
-      this.#wake = undefined;
-      wake?.();
-    };
-    this.#pumps = Promise.all([
-      pump(this.#child.stdout, (text) => {
-        this.#stdout += text;
-        notify();
-      }).finally(() => {
-        this.#stdoutDone = true;
-        notify();
-      }),
-      pump(this.#child.stderr, (text) => this.#stderr += text),
-    ]).then(() => {});
-    this.#child.status.then((status) => this.#status = status);
-  }
-
-  /** Python's output so far, for error messages. */
-  get report(): string {
-    const out = this.#stdout.trim() || "(nothing)";
-    const err = this.#stderr.trim() || "(nothing)";
-    return `mp_peer.py's stdout: ${out}\nmp_peer.py's stderr: ${err}`;
+    super({ python: python.path, script: PEER_SCRIPT, args });
   }
 
   /** The listen mode's port, from its first line. */
   async port(): Promise<number> {
-    const wait = async () => {
-      while (!this.#stdout.includes("\n") && !this.#stdoutDone) {
-        await new Promise<void>((resolve) => this.#wake = resolve);
-      }
-      const newline = this.#stdout.indexOf("\n");
-      if (newline === -1) throw new Error(`mp_peer.py exited without printing its port`);
-      return this.#stdout.slice(0, newline).trim();
-    };
-    const line = await within(wait(), () => "No port from mp_peer.py");
+    const line = await this.firstLine({
+      exited: "mp_peer.py exited without printing its port",
+      timeout: "No port from mp_peer.py",
+    });
     assertMatch(line, /^\d+$/, `mp_peer.py's first line is not a port`);
     return Number(line);
-  }
-
-  /** Waits for Python to exit on its own. */
-  async finish(): Promise<{ code: number; stdout: string }> {
-    const status = await within(this.#child.status, () => "mp_peer.py did not exit");
-    await this.#pumps;
-    return { code: status.code, stdout: this.#stdout };
-  }
-
-  /** `error` with Python's output appended, once Python is done. */
-  async explain(error: unknown): Promise<Error> {
-    await this.#stop(5_000);
-    return new Error(`${messageOf(error)}\n${this.report}`, { cause: error });
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#stop(5_000);
-  }
-
-  /** Lets Python exit within `ms`, then kills it; waits for its streams. */
-  async #stop(ms: number): Promise<void> {
-    if (this.#status === undefined) {
-      try {
-        await within(this.#child.status, () => "mp_peer.py did not exit", ms);
-      } catch {
-        try {
-          this.#child.kill("SIGKILL");
-        } catch {
-          // It exited meanwhile.
-        }
-      }
-    }
-    await this.#child.status;
-    await this.#pumps;
   }
 }
 
@@ -563,7 +445,7 @@ function echoHandler(received: Uint8Array[]) {
 
 /** Runs mp_peer.py's connect mode against `port`; returns its exit code and stdout. */
 async function runClient(python: Python, port: string, authkey: string) {
-  await using peer = new PythonPeer(python, ["connect", port, authkey]);
+  await using peer = new MpPeer(python, ["connect", port, authkey]);
   return await withPeer(peer, async () => {
     const result = await peer.finish();
     return { ...result, report: peer.report };
@@ -590,7 +472,7 @@ for (const { minor, python } of pythons) {
       : `${subject}: connect() with an authkey passes Listener's {sha256} challenges and messages of 0 B to 16 MiB cross both ways intact`,
     ignore,
     async fn() {
-      await using peer = new PythonPeer(py(), ["listen", AUTHKEY]);
+      await using peer = new MpPeer(py(), ["listen", AUTHKEY]);
       await withPeer(peer, async () => {
         await using relay = new Relay(await peer.port());
         {
@@ -613,7 +495,7 @@ for (const { minor, python } of pythons) {
       `${subject}: connect() without an authkey exchanges messages of 0 B to 16 MiB with Listener intact`,
     ignore,
     async fn() {
-      await using peer = new PythonPeer(py(), ["listen", "-"]);
+      await using peer = new MpPeer(py(), ["listen", "-"]);
       await withPeer(peer, async () => {
         const port = await peer.port();
         {
@@ -633,7 +515,7 @@ for (const { minor, python } of pythons) {
       `${subject}: connect() with the wrong authkey rejects with AuthenticationError and Listener raises AuthenticationError`,
     ignore,
     async fn() {
-      await using peer = new PythonPeer(py(), ["listen", AUTHKEY]);
+      await using peer = new MpPeer(py(), ["listen", AUTHKEY]);
       await withPeer(peer, async () => {
         const port = await peer.port();
         let error: unknown;
@@ -752,7 +634,7 @@ for (const { minor, python } of pythons) {
       `${subject}: answerChallenge() then deliverChallenge() by hand on a plain comm pass Listener's authkey check`,
     ignore,
     async fn() {
-      await using peer = new PythonPeer(py(), ["listen", AUTHKEY]);
+      await using peer = new MpPeer(py(), ["listen", AUTHKEY]);
       await withPeer(peer, async () => {
         const port = await peer.port();
         {
