@@ -195,11 +195,7 @@ export class FrameReader implements MessageReader {
     const pending = this.#end - this.#start;
     const wanted = Math.max(this.#needed, pending + MIN_READ_BYTES);
     if (this.#start + wanted > this.#buffer.length) {
-      // Move the partial message to a fresh buffer big enough for all of it,
-      // so that a large frame is read in place and handed out without a copy.
-      const size = Math.max(wanted, READ_CHUNK_BYTES);
-      const fresh = new Uint8Array(size);
-      fresh.set(this.#buffer.subarray(this.#start, this.#end));
+      const fresh = movePending(this.#buffer, this.#start, this.#end, wanted);
       this.#buffer = fresh;
       this.#view = new DataView(fresh.buffer);
       this.#start = 0;
@@ -384,6 +380,22 @@ export class FrameReader implements MessageReader {
       this.#start = this.#end = 0;
     }
   }
+}
+
+/**
+ * A fresh read buffer with room for `wanted` bytes, holding the pending
+ * bytes `[start, end)` of `buffer` at its start. Handed-out views of the old
+ * buffer stay intact; a large frame is then read in place.
+ */
+export function movePending(
+  buffer: Uint8Array,
+  start: number,
+  end: number,
+  wanted: number,
+): Uint8Array<ArrayBuffer> {
+  const fresh = new Uint8Array(Math.max(wanted, READ_CHUNK_BYTES));
+  fresh.set(buffer.subarray(start, end));
+  return fresh;
 }
 
 /**

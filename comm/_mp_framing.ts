@@ -15,6 +15,7 @@ import {
   type Framing,
   type MessageReader,
   MIN_READ_BYTES,
+  movePending,
   READ_CHUNK_BYTES,
 } from "./_framing.ts";
 import { ProtocolError } from "./errors.ts";
@@ -114,8 +115,7 @@ export class MpFrameReader implements MessageReader {
     const pending = this.#end - this.#start;
     const wanted = Math.max(this.#needed, pending + MIN_READ_BYTES);
     if (this.#start + wanted > this.#buffer.length) {
-      const fresh = new Uint8Array(Math.max(wanted, READ_CHUNK_BYTES));
-      fresh.set(this.#buffer.subarray(this.#start, this.#end));
+      const fresh = movePending(this.#buffer, this.#start, this.#end, wanted);
       this.#buffer = fresh;
       this.#view = new DataView(fresh.buffer);
       this.#start = 0;

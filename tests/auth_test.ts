@@ -34,6 +34,7 @@ import {
   StreamComm,
 } from "../mod.ts";
 import { answerChallenge, AuthenticationError, deliverChallenge } from "../auth/mod.ts";
+import { daskMessage as daskFrame, prelude } from "./_wire.ts";
 
 const KEY = "the shared key";
 const encoder = new TextEncoder();
@@ -941,21 +942,6 @@ function hmac(digest: string, key: string | Uint8Array, message: Uint8Array): Ui
 
 function prefixed(digest: string, bytes: Uint8Array): Uint8Array {
   return concat(encoder.encode(`{${digest}}`), bytes);
-}
-
-/** The dask prelude: total, frame count and frame lengths, little-endian. */
-function prelude(total: bigint, lengths: bigint[]): Uint8Array {
-  const bytes = new Uint8Array(16 + 8 * lengths.length);
-  const view = new DataView(bytes.buffer);
-  view.setBigUint64(0, total, true);
-  view.setBigUint64(8, BigInt(lengths.length), true);
-  lengths.forEach((length, i) => view.setBigUint64(16 + 8 * i, length, true));
-  return bytes;
-}
-
-/** One message of one frame, framed as dask does. */
-function daskFrame(body: Uint8Array): Uint8Array {
-  return concat(prelude(BigInt(16 + body.length), [BigInt(body.length)]), body);
 }
 
 /** One message, framed as multiprocessing.connection does (under 2 GiB). */

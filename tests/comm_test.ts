@@ -32,6 +32,7 @@ import {
   type StreamCommOptions,
 } from "../mod.ts";
 import { commSuite, type ListenSite } from "./_comm_suite.ts";
+import { daskMessage, prelude } from "./_wire.ts";
 
 const TESTDATA = new URL("./testdata/", import.meta.url);
 const testdata = (name: string) => Deno.readTextFileSync(new URL(name, TESTDATA));
@@ -451,25 +452,6 @@ async function unixPathSite(): Promise<ListenSite> {
     address: `unix://${join(dir, "app.sock")}`,
     [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
   };
-}
-
-/** The dask prelude: total, frame count, and frame lengths, little-endian. */
-function prelude(total: bigint, lengths: bigint[]): Uint8Array {
-  const bytes = new Uint8Array(16 + 8 * lengths.length);
-  const view = new DataView(bytes.buffer);
-  view.setBigUint64(0, total, true);
-  view.setBigUint64(8, BigInt(lengths.length), true);
-  lengths.forEach((length, i) => view.setBigUint64(16 + 8 * i, length, true));
-  return bytes;
-}
-
-/** One message of one frame, framed as dask does. */
-function daskMessage(body: Uint8Array): Uint8Array {
-  const head = prelude(BigInt(16 + body.length), [BigInt(body.length)]);
-  const bytes = new Uint8Array(head.length + body.length);
-  bytes.set(head);
-  bytes.set(body, head.length);
-  return bytes;
 }
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
