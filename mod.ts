@@ -28,11 +28,15 @@
  */
 
 export * from "./comm/addressing.ts";
+export * from "./comm/batched.ts";
 export * from "./comm/core.ts";
 export * from "./comm/errors.ts";
 export * from "./comm/inproc.ts";
+export * from "./comm/pool.ts";
 export * from "./comm/registry.ts";
+export * from "./comm/rpc.ts";
 export * from "./comm/serialized.ts";
+export * from "./comm/server.ts";
 export { type ByteStream, StreamComm, type StreamCommOptions } from "./comm/stream_comm.ts";
 export * from "./comm/tcp.ts";
 export * from "./comm/tls.ts";

@@ -1,5 +1,7 @@
 // Small helpers shared by the comm modules; not part of the public API.
 
+import type { Comm } from "./types.ts";
+
 /** Quotes a value for an error message, whatever its type. */
 export function describe(value: unknown): string {
   if (typeof value === "string") return JSON.stringify(value);
@@ -124,4 +126,19 @@ export function checkFraming(value: unknown): "dask" | "multiprocessing" {
   throw new TypeError(
     `Invalid framing ${describe(value)}: expected "dask" or "multiprocessing"`,
   );
+}
+
+/** Closes `comm`, aborting it if flushing takes longer than `ms`. */
+export async function closeWithin(comm: Comm, ms: number): Promise<void> {
+  const timer = setTimeout(
+    () => comm.abort(new Error(`flushing took over ${ms} ms`)),
+    ms,
+  );
+  try {
+    await comm.close();
+  } catch {
+    // A comm that fails to close is closed all the same.
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -14,6 +14,7 @@ import {
   checkDuration,
   checkFraming,
   checkSize,
+  closeWithin,
   type Deferred,
   deferred,
   describe,
@@ -552,20 +553,5 @@ class CommListener implements Listener {
     );
     this.#comms.clear();
     await Promise.all(this.#tasks);
-  }
-}
-
-/** Closes `comm`, aborting it if flushing takes longer than `ms`. */
-async function closeWithin(comm: Comm, ms: number): Promise<void> {
-  const timer = setTimeout(
-    () => comm.abort(new Error(`flushing took over ${ms} ms`)),
-    ms,
-  );
-  try {
-    await comm.close();
-  } catch {
-    // A comm that fails to close is closed all the same.
-  } finally {
-    clearTimeout(timer);
   }
 }

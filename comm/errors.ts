@@ -223,3 +223,153 @@ export class BufferTooShortError extends Error {
     this.data = data;
   }
 }
+
+/** What a {@linkcode RemoteError} is built from. *
+ * @example
+ * ```ts
+ * import { RemoteError, type RemoteErrorInit } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const init: RemoteErrorInit = { op: "add", name: "TypeError", message: "x is not a number" };
+ * assertEquals(new RemoteError(init).remoteName, "TypeError");
+ * ```
+ */
+export interface RemoteErrorInit {
+  /** The operation called. */
+  op: string;
+  /** The name of the error the remote handler raised, such as `ValueError`. */
+  name: string;
+  /** Its message. */
+  message: string;
+  /** Its stack or traceback, as text; empty when the reply had none. */
+  stack?: string;
+  /** The address called, when known. */
+  address?: string;
+}
+
+/**
+ * Raised by `sendRecv()` and `rpc()` calls when the remote handler threw:
+ * the reply was dask's error shape (`{status: "uncaught-error", …}`), from
+ * this library's `Server` or from Python dask. The comm stays usable.
+ *
+ * `remoteName`, `remoteMessage` and `remoteStack` describe the remote error,
+ * and `cause` is an `Error` rebuilt from them, so that printing the error
+ * shows the remote stack too.
+ *
+ * @example Catching a remote failure
+ * ```ts
+ * import { RemoteError, rpc, Server } from "@x/comm";
+ * import { assertEquals, assertRejects } from "@std/assert";
+ *
+ * await using server = new Server({
+ *   divide: ({ a, b }) => {
+ *     if (b === 0) throw new RangeError("division by zero");
+ *     return a / b;
+ *   },
+ * });
+ * await server.listen("inproc://");
+ * await using remote = rpc(server.address);
+ * assertEquals(await remote.divide({ a: 6, b: 3 }), 2);
+ * const error = await assertRejects(() => remote.divide({ a: 1, b: 0 }), RemoteError);
+ * assertEquals(error.remoteName, "RangeError");
+ * assertEquals(error.remoteMessage, "division by zero");
+ * ```
+ */
+export class RemoteError extends Error {
+  /** The operation called. */
+  readonly op: string;
+  /** The name of the remote error, such as `TypeError` or `KeyError`. */
+  readonly remoteName: string;
+  /** The message of the remote error. */
+  readonly remoteMessage: string;
+  /** The remote stack or Python traceback, as text (may be empty). */
+  readonly remoteStack: string;
+
+  /**
+   * Constructs a new {@linkcode RemoteError}.
+   *
+   * @param init The operation, and the remote error's name, message and stack.
+   */
+  constructor(init: RemoteErrorInit) {
+    const where = init.address === undefined ? "" : ` on "${init.address}"`;
+    const remote = new Error(init.message);
+    remote.name = init.name;
+    remote.stack = `${init.name}: ${init.message}${init.stack ? `\n${init.stack}` : ""}`;
+    super(
+      `Remote operation "${init.op}"${where} failed: ${init.name}: ${init.message}`,
+      { cause: remote },
+    );
+    this.name = "RemoteError";
+    this.op = init.op;
+    this.remoteName = init.name;
+    this.remoteMessage = init.message;
+    this.remoteStack = init.stack ?? "";
+  }
+}
+
+/**
+ * Raised by a remote call (`sendRecv()`, `rpc()`, a pool's `rpc()`) whose
+ * `timeout` ran out before the reply came. The comm it used is aborted, since
+ * a late reply would otherwise answer the next call.
+ *
+ * @example
+ * ```ts
+ * import { CallTimeoutError, rpc, Server } from "@x/comm";
+ * import { assertRejects } from "@std/assert";
+ *
+ * await using server = new Server({
+ *   slow: (_args, { signal }) =>
+ *     new Promise((resolve) => signal.addEventListener("abort", resolve)),
+ * });
+ * await server.listen("inproc://");
+ * await using remote = rpc(server.address);
+ * await assertRejects(() => remote.slow({}, { timeout: 50 }), CallTimeoutError);
+ * ```
+ */
+export class CallTimeoutError extends Error {
+  /**
+   * Constructs a new {@linkcode CallTimeoutError}.
+   *
+   * @param message The operation, the address and the time allowed.
+   * @param options The `cause`, when another error led to this one.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "CallTimeoutError";
+  }
+}
+
+/**
+ * Raised by `ConnectionPool.get()` when no comm to the address became free,
+ * and no room to open one, within its `timeout`: every comm the pool may
+ * open is in use.
+ *
+ * @example
+ * ```ts
+ * import { ConnectionPool, listen, PoolTimeoutError } from "@x/comm";
+ * import { assertRejects } from "@std/assert";
+ *
+ * await using listener = await listen("inproc://", async (comm) => {
+ *   for await (const _ of comm);
+ * });
+ * await using pool = new ConnectionPool({ limit: 1 });
+ * const comm = await pool.get(listener.contactAddress);
+ * await assertRejects(
+ *   () => pool.get(listener.contactAddress, { timeout: 20 }),
+ *   PoolTimeoutError,
+ * );
+ * pool.reuse(listener.contactAddress, comm);
+ * ```
+ */
+export class PoolTimeoutError extends Error {
+  /**
+   * Constructs a new {@linkcode PoolTimeoutError}.
+   *
+   * @param message The address, the time waited and the pool's limit.
+   * @param options The `cause`, when another error led to this one.
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "PoolTimeoutError";
+  }
+}

@@ -1,0 +1,517 @@
+/**
+ * {@linkcode Server}: handlers by operation name over comms, as
+ * dask.distributed's `Server`.
+ *
+ * @module
+ */
+
+import { listen } from "./core.ts";
+import { CommClosedError, ProtocolError } from "./errors.ts";
+import { errorReply } from "./_error_reply.ts";
+import { closeWithin, describe, messageOf } from "./_util.ts";
+import type { Comm, Listener, ListenOptions } from "./types.ts";
+
+/**
+ * What a handler is told besides its arguments.
+ *
+ * @example
+ * ```ts
+ * import { type HandlerContext, rpc, Server } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using server = new Server({
+ *   whoami: (_args, context: HandlerContext) => context.comm.peerAddress,
+ * });
+ * await server.listen("inproc://");
+ * await using remote = rpc(server.address);
+ * assertEquals(typeof await remote.whoami(), "string");
+ * ```
+ */
+export interface HandlerContext {
+  /** The operation called. */
+  readonly op: string;
+  /** The comm the message came on. */
+  readonly comm: Comm;
+  /** The server. */
+  readonly server: Server;
+  /** Aborted when the server closes: long handlers should stop then. */
+  readonly signal: AbortSignal;
+}
+
+/**
+ * Handles one operation: called with the message's other fields (without
+ * `op`, `reply`, `close` and `serializers`), it returns the reply, or a
+ * promise of it. What it throws is sent back as an error reply.
+ *
+ * @example
+ * ```ts
+ * import { type Handler, rpc, Server } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const add: Handler = ({ x, y }) => x + y;
+ * await using server = new Server({ add });
+ * await server.listen("inproc://");
+ * await using remote = rpc(server.address);
+ * assertEquals(await remote.add({ x: 2, y: 3 }), 5);
+ * ```
+ */
+// deno-lint-ignore no-explicit-any
+export type Handler = (args: any, context: HandlerContext) => unknown;
+
+/**
+ * Handles one message of a stream (a comm that sends messages with no
+ * reply, often in batches): called with the message's fields other than
+ * `op`, merged over the stream's `extra`. A promise it returns is not
+ * awaited; what it throws or rejects with goes to `onError`.
+ *
+ * @example
+ * ```ts
+ * import { BatchedSend, connect, Server, type StreamHandler } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const seen: number[] = [];
+ * const record: StreamHandler = ({ n }) => {
+ *   seen.push(n);
+ * };
+ * await using server = new Server({ seen: () => seen }, { streamHandlers: { record } });
+ * await server.listen("inproc://");
+ *
+ * const comm = await connect(server.address);
+ * await comm.write({ op: "connection_stream", reply: false });
+ * const batched = new BatchedSend(comm);
+ * batched.send({ op: "record", n: 1 }, { op: "record", n: 2 });
+ * await batched.close();
+ * ```
+ */
+// deno-lint-ignore no-explicit-any
+export type StreamHandler = (message: any, context: HandlerContext) => unknown;
+
+/** Options for a {@linkcode Server}. *
+ * @example
+ * ```ts
+ * import { Server, type ServerOptions } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const options: ServerOptions = { id: "my-server", onError: () => {} };
+ * await using server = new Server({}, options);
+ * assertEquals(server.id, "my-server");
+ * ```
+ */
+export interface ServerOptions {
+  /** Handlers for the messages of streams, by operation name. */
+  streamHandlers?: Record<string, StreamHandler>;
+  /**
+   * The server's id, which the `identity` operation returns.
+   *
+   * @default {"Server-" + a random UUID}
+   */
+  id?: string;
+  /**
+   * Called with errors that have no caller to go to: a stream handler that
+   * threw, a handler that threw for a message sent with `reply: false`, a
+   * peer that broke the protocol, or a listener's failed handshake. By
+   * default they are printed with `console.error`.
+   */
+  onError?: (error: unknown) => void;
+}
+
+// How a comm is being used, so that close() knows which comms it may close
+// at once (those waiting for a message) and which to let finish a reply.
+interface CommState {
+  busy: boolean;
+}
+
+const CLOSE_GRACE_MS = 2_000;
+
+/**
+ * Serves operations by name, as dask's `Server`. A message
+ * `{op: "ping", reply: true, ...args}` calls the handler for `"ping"` with
+ * `args`, and what it returns is written back. Messages on one comm are
+ * handled one at a time, in order; many comms are served at once.
+ *
+ * - An unknown `op` gets an error reply naming it and the known ones; a
+ *   handler that throws gets an error reply with the error's name, message
+ *   and stack. Error replies have dask's shape
+ *   (`{status: "uncaught-error", exception, traceback, exception_text,
+ *   traceback_text}`), so dask's Python `rpc` raises them, as the builtin
+ *   exception of the same name where Python has one (`TypeError`,
+ *   `KeyError`, `ValueError` for a `RangeError`…) and as `Exception`
+ *   otherwise; `rpc()` here rejects with `RemoteError`.
+ * - `reply: false` runs the handler without writing a reply; `close: true`
+ *   closes the comm after the reply.
+ * - Built in, unless `handlers` replace them: `identity` (`{type: "Server",
+ *   id}`), `echo` (returns its `data`), and `connection_stream`, which turns
+ *   the comm into a stream: from then on its messages, and lists of
+ *   messages such as {@linkcode BatchedSend} writes, go to the stream
+ *   handlers, until `{op: "close-stream"}` or the comm closes. The `close`
+ *   operation closes the comm (replying `"OK"` unless `reply` is false).
+ *
+ * @example Serving and calling
+ * ```ts
+ * import { rpc, Server } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using server = new Server({
+ *   add: ({ x, y }) => x + y,
+ *   slowDouble: async ({ n }) => {
+ *     await new Promise((resolve) => setTimeout(resolve, 1));
+ *     return 2 * n;
+ *   },
+ * });
+ * await server.listen("tcp://127.0.0.1:0");
+ *
+ * await using remote = rpc(server.address);
+ * assertEquals(await remote.add({ x: 1, y: 2 }), 3);
+ * assertEquals(await remote.slowDouble({ n: 21 }), 42);
+ * ```
+ */
+export class Server implements AsyncDisposable {
+  /** The server's id, as `identity` returns it. */
+  readonly id: string;
+  #handlers = new Map<string, Handler>();
+  #streamHandlers = new Map<string, StreamHandler>();
+  #onError: ((error: unknown) => void) | undefined;
+  #listeners: Listener[] = [];
+  #comms = new Map<Comm, CommState>();
+  #tasks = new Set<Promise<unknown>>();
+  #stopping = new AbortController();
+  #closePromise: Promise<void> | undefined;
+
+  /**
+   * Constructs a new {@linkcode Server}. It serves comms from `listen()`,
+   * and those handed to `handleComm()`.
+   *
+   * @param handlers Handlers by operation name.
+   * @param options Stream handlers, the id, and where errors go.
+   * @throws {TypeError} If a handler is not a function.
+   */
+  constructor(handlers: Record<string, Handler> = {}, options: ServerOptions = {}) {
+    this.id = options.id ?? `Server-${crypto.randomUUID()}`;
+    this.#onError = options.onError;
+    this.#handlers.set("identity", () => ({ type: "Server", id: this.id }));
+    this.#handlers.set("echo", ({ data }) => data ?? null);
+    this.#handlers.set("connection_stream", (_args, { comm }) => this.handleStream(comm));
+    for (const [op, handler] of Object.entries(handlers)) {
+      this.#handlers.set(op, checkHandler(op, handler, "handler"));
+    }
+    for (const [op, handler] of Object.entries(options.streamHandlers ?? {})) {
+      this.#streamHandlers.set(op, checkHandler(op, handler, "stream handler"));
+    }
+  }
+
+  /**
+   * The address to reach the server at: the `contactAddress` of its first
+   * listener.
+   *
+   * @throws {TypeError} If the server listens nowhere yet.
+   */
+  get address(): string {
+    const listener = this.#listeners[0];
+    if (listener === undefined) {
+      throw new TypeError(
+        `Server "${this.id}" has no address: it listens nowhere yet (call listen() first)`,
+      );
+    }
+    return listener.contactAddress;
+  }
+
+  /** The listeners opened by `listen()`, in order. */
+  get listeners(): readonly Listener[] {
+    return this.#listeners;
+  }
+
+  /** Whether `close()` was called. */
+  get closed(): boolean {
+    return this.#stopping.signal.aborted;
+  }
+
+  /**
+   * Listens on `address` (call it again for more addresses) and serves the
+   * comms accepted there.
+   *
+   * @example Two addresses
+   * ```ts
+   * import { rpc, Server } from "@x/comm";
+   * import { assertEquals } from "@std/assert";
+   *
+   * await using server = new Server({ ping: () => "pong" });
+   * const tcp = await server.listen("tcp://127.0.0.1:0");
+   * const local = await server.listen("inproc://");
+   * for (const address of [tcp.contactAddress, local.contactAddress]) {
+   *   await using remote = rpc(address);
+   *   assertEquals(await remote.ping(), "pong");
+   * }
+   * ```
+   *
+   * @param address Where to listen, such as `tcp://127.0.0.1:8786`.
+   * @param options Listener options (TLS, `authkey`, comm options).
+   * @returns The listener; the server closes it when it closes.
+   * @throws {CommClosedError} If the server is closed.
+   */
+  async listen(address: string, options: ListenOptions = {}): Promise<Listener> {
+    this.#throwIfClosed();
+    const listener = await listen(address, (comm) => this.handleComm(comm), {
+      ...options,
+      onError: options.onError ?? this.#onError,
+    });
+    if (this.closed) {
+      await listener.close();
+      this.#throwIfClosed();
+    }
+    this.#listeners.push(listener);
+    return listener;
+  }
+
+  /**
+   * Serves one comm until it closes: reads a message, calls its handler,
+   * writes the reply, and so on. This is what `listen()` does with each
+   * comm; call it for comms the server did not accept.
+   *
+   * @param comm The comm.
+   * @returns When the comm is done (closed by either side, or by `close()`).
+   */
+  handleComm(comm: Comm): Promise<void> {
+    if (this.closed) {
+      comm.abort(new CommClosedError(`Server "${this.id}" is closed`));
+      return Promise.resolve();
+    }
+    return this.#run(this.#serve(comm));
+  }
+
+  /**
+   * Reads a stream of messages from `comm` (single messages, or lists of
+   * them as {@linkcode BatchedSend} writes) and calls the stream handler of
+   * each by its `op`, with `extra` merged under its fields, until the peer
+   * sends `{op: "close-stream"}` or the comm closes. Closes the comm at the
+   * end. A handler that took over a comm (as `connection_stream` does) calls
+   * this.
+   *
+   * @param comm The comm.
+   * @param extra Fields given to every handler call, such as the client's
+   * name.
+   * @returns When the stream is over.
+   */
+  handleStream(comm: Comm, extra: Record<string, unknown> = {}): Promise<void> {
+    return this.#run(this.#stream(comm, extra));
+  }
+
+  /**
+   * Stops listening, lets handlers that are running finish and write their
+   * replies (their `signal` is aborted, to hurry them), closes every comm,
+   * and waits for stream handlers still running. Idempotent.
+   */
+  close(): Promise<void> {
+    return this.#closePromise ??= this.#close();
+  }
+
+  /** Closes the server, so that `await using` works. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  async #close(): Promise<void> {
+    this.#stopping.abort(new CommClosedError(`Server "${this.id}" is closing`));
+    // Comms waiting for a message are closed now; the others once their
+    // reply is written.
+    for (const [comm, state] of this.#comms) {
+      if (!state.busy) this.#run(closeWithin(comm, CLOSE_GRACE_MS));
+    }
+    while (this.#tasks.size > 0) await Promise.all(this.#tasks);
+    await Promise.all(this.#listeners.map((listener) => listener.close()));
+    while (this.#tasks.size > 0) await Promise.all(this.#tasks);
+  }
+
+  async #serve(comm: Comm): Promise<void> {
+    const state: CommState = { busy: false };
+    this.#comms.set(comm, state);
+    try {
+      while (!this.closed) {
+        let message: unknown;
+        try {
+          message = await comm.read();
+        } catch (error) {
+          if (error instanceof ProtocolError) this.#report(error);
+          return;
+        }
+        state.busy = true;
+        if (!isRecord(message)) {
+          this.#report(
+            new ProtocolError(
+              `Comm from "${comm.peerAddress}" sent ${
+                describe(message)
+              }: expected a message object with an "op"; closing it`,
+            ),
+          );
+          return;
+        }
+        const { op, reply = true, close = false, serializers: _, ...args } = message;
+        if (op === "close") {
+          if (reply !== false) await comm.write("OK");
+          return;
+        }
+        const result = await this.#call(comm, op, args, reply !== false);
+        if (reply !== false) {
+          try {
+            await comm.write(result);
+          } catch (error) {
+            if (comm.closed || !(error instanceof TypeError)) return;
+            // The result cannot be encoded: say so rather than leave the
+            // caller waiting.
+            await comm.write(errorReply(
+              new TypeError(
+                `The reply of "${op}" cannot be sent: ${messageOf(error)}`,
+              ),
+            ));
+          }
+        }
+        if (close === true || comm.closed) return;
+        state.busy = false;
+      }
+    } catch (error) {
+      if (!(error instanceof CommClosedError)) this.#report(error);
+    } finally {
+      if (this.#comms.get(comm) === state) this.#comms.delete(comm);
+      await closeWithin(comm, CLOSE_GRACE_MS);
+    }
+  }
+
+  /** Calls the handler of `op`; returns the reply, or the error reply. */
+  async #call(
+    comm: Comm,
+    op: unknown,
+    args: Record<string, unknown>,
+    replying: boolean,
+  ): Promise<unknown> {
+    if (typeof op !== "string") {
+      const error = new TypeError(
+        `Message from "${comm.peerAddress}" has no "op" naming an operation (its "op" is ${
+          describe(op)
+        }; its fields are ${Object.keys(args).join(", ") || "none"})`,
+      );
+      if (!replying) this.#report(error);
+      return errorReply(error);
+    }
+    const handler = this.#handlers.get(op);
+    if (handler === undefined) {
+      const error = new Error(
+        `Unknown operation "${op}": server "${this.id}" knows ${
+          [...this.#handlers.keys()].sort().join(", ")
+        }`,
+      );
+      error.name = "UnknownOperationError";
+      if (!replying) this.#report(error);
+      return errorReply(error);
+    }
+    try {
+      const result = await handler(args, {
+        op,
+        comm,
+        server: this,
+        signal: this.#stopping.signal,
+      });
+      return result === undefined ? null : result;
+    } catch (error) {
+      if (!replying) this.#report(error);
+      return errorReply(error);
+    }
+  }
+
+  async #stream(comm: Comm, extra: Record<string, unknown>): Promise<void> {
+    // A stream that a handler started keeps the comm's state: the server
+    // may close it between messages.
+    const state = this.#comms.get(comm) ?? { busy: false };
+    this.#comms.set(comm, state);
+    const wasBusy = state.busy;
+    try {
+      while (!this.closed) {
+        state.busy = false;
+        let messages: unknown;
+        try {
+          messages = await comm.read();
+        } catch (error) {
+          if (error instanceof ProtocolError) this.#report(error);
+          return;
+        }
+        state.busy = true;
+        for (const message of Array.isArray(messages) ? messages : [messages]) {
+          if (message === "OK") continue;
+          if (!isRecord(message) || typeof message.op !== "string") {
+            this.#report(
+              new TypeError(
+                `Stream from "${comm.peerAddress}" sent ${
+                  isRecord(message)
+                    ? `a message whose "op" is ${describe(message.op)}`
+                    : describe(message)
+                }: expected a message object with an "op"`,
+              ),
+            );
+            continue;
+          }
+          const { op, ...fields } = message;
+          if (op === "close-stream") return;
+          this.#dispatch(comm, op, { ...extra, ...fields });
+        }
+      }
+    } finally {
+      state.busy = wasBusy;
+      await closeWithin(comm, CLOSE_GRACE_MS);
+    }
+  }
+
+  #dispatch(comm: Comm, op: string, message: Record<string, unknown>): void {
+    const handler = this.#streamHandlers.get(op);
+    if (handler === undefined) {
+      this.#report(
+        new TypeError(
+          `Unknown stream operation "${op}" from "${comm.peerAddress}": server "${this.id}" has stream handlers for ${
+            [...this.#streamHandlers.keys()].sort().join(", ") || "nothing"
+          }`,
+        ),
+      );
+      return;
+    }
+    try {
+      const result = handler(message, { op, comm, server: this, signal: this.#stopping.signal });
+      if (result instanceof Promise) this.#run(result.catch((error) => this.#report(error)));
+    } catch (error) {
+      this.#report(error);
+    }
+  }
+
+  /** Keeps `task` until it settles, so that `close()` can wait for it. */
+  #run<T>(task: Promise<T>): Promise<T> {
+    const tracked = task.finally(() => this.#tasks.delete(tracked));
+    this.#tasks.add(tracked);
+    return tracked;
+  }
+
+  #throwIfClosed(): void {
+    if (this.closed) throw new CommClosedError(`Server "${this.id}" is closed`);
+  }
+
+  #report(error: unknown): void {
+    if (this.#onError) {
+      try {
+        this.#onError(error);
+        return;
+      } catch (failure) {
+        console.error(`Server "${this.id}": onError threw:`, failure);
+      }
+    }
+    console.error(`Server "${this.id}":`, error);
+  }
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value) &&
+    !(value instanceof Uint8Array);
+}
+
+function checkHandler<T>(op: string, handler: T, kind: string): T {
+  if (typeof handler !== "function") {
+    throw new TypeError(
+      `Invalid ${kind} for "${op}": expected a function, got ${describe(handler)}`,
+    );
+  }
+  return handler;
+}
