@@ -4,7 +4,7 @@
 
 import { CallTimeoutError, CommClosedError, RemoteError } from "./errors.ts";
 import { isErrorReply, parseErrorReply } from "./_error_reply.ts";
-import { checkDuration, describe, timeoutSignal } from "./_util.ts";
+import { describe, timeoutSignal } from "./_util.ts";
 import type { Comm } from "./types.ts";
 import type { CallOptions, Rpc } from "./rpc.ts";
 
@@ -16,20 +16,20 @@ const busy = new WeakSet<Comm>();
 export type CallTimer = { signal: AbortSignal; clear: () => void } | undefined;
 
 /**
- * Starts the timer of a call to `op`: undefined when there is neither a
- * time limit nor a signal, so that the common call costs nothing.
+ * Starts the timer of a call to `op` that may take `timeout` ms in all, of
+ * which `remaining` are left: undefined when there is neither a time limit
+ * nor a signal, so that the common call costs nothing.
  */
 export function callTimer(
   op: string,
   address: string,
-  options: CallOptions | undefined,
-  fallback: number,
+  timeout: number,
+  signal: AbortSignal | undefined,
+  remaining = timeout,
 ): CallTimer {
-  const timeout = checkDuration("timeout", options?.timeout, fallback);
-  const signal = options?.signal;
   if (timeout === Infinity && signal === undefined) return undefined;
   return timeoutSignal(
-    timeout,
+    remaining,
     signal,
     () =>
       new CallTimeoutError(

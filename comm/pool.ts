@@ -308,16 +308,18 @@ export class ConnectionPool implements AsyncDisposable {
     options: CallOptions | undefined,
   ): Promise<unknown> {
     const message = callMessage(op, args);
-    const timer = callTimer(op, address, options, this.#callTimeout);
+    const timeout = checkDuration("timeout", options?.timeout, this.#callTimeout);
+    const signal = options?.signal;
+    const start = performance.now();
+    // Getting the comm has its own errors, which say more than a call
+    // timeout would (no room in the pool, or why connecting failed).
+    const comm = await this.get(address, { timeout: Math.min(timeout, this.#timeout), signal });
+    const timer = callTimer(op, address, timeout, signal, timeout - (performance.now() - start));
     try {
-      const comm = await this.get(address, { signal: timer?.signal });
-      try {
-        return await callOn(comm, message, op, timer?.signal);
-      } finally {
-        this.reuse(address, comm);
-      }
+      return await callOn(comm, message, op, timer?.signal);
     } finally {
       timer?.clear();
+      this.reuse(address, comm);
     }
   }
 

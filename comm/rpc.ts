@@ -8,6 +8,7 @@
 
 import { callOn, callTimer, checkMessage, rpcProxy } from "./_call.ts";
 import { ConnectionPool } from "./pool.ts";
+import { checkDuration } from "./_util.ts";
 import type { Comm, ConnectOptions } from "./types.ts";
 
 /** Options of one remote call. *
@@ -25,10 +26,12 @@ import type { Comm, ConnectOptions } from "./types.ts";
  */
 export interface CallOptions {
   /**
-   * Milliseconds to wait for the reply (with a pool, waiting for a comm
-   * counts too). When it runs out, the call rejects with `CallTimeoutError`
-   * and the comm is aborted. Defaults to the `callTimeout` of the `rpc()` or
-   * pool, and to no limit for `sendRecv()`.
+   * Milliseconds the call may take in all. With `rpc()` or a pool, getting a
+   * comm counts too, and if that is what runs out of time the call rejects
+   * with the error saying why (`ConnectTimeoutError`, `PoolTimeoutError`).
+   * When the reply is late, it rejects with `CallTimeoutError` and the comm
+   * is aborted. Defaults to the `callTimeout` of the `rpc()` or pool, and to
+   * no limit for `sendRecv()`.
    */
   timeout?: number;
   /**
@@ -175,7 +178,8 @@ export async function sendRecv(
   options?: CallOptions,
 ): Promise<unknown> {
   const op = checkMessage(message);
-  const timer = callTimer(op, comm.peerAddress, options, Infinity);
+  const timeout = checkDuration("timeout", options?.timeout, Infinity);
+  const timer = callTimer(op, comm.peerAddress, timeout, options?.signal);
   try {
     return await callOn(
       comm,

@@ -115,13 +115,13 @@ export interface ServerOptions {
   onError?: (error: unknown) => void;
 }
 
-// How a comm is being used, so that close() knows which comms it may close
-// at once (those waiting for a message) and which to let finish a reply.
-interface CommState {
-  busy: boolean;
-}
-
 const CLOSE_GRACE_MS = 2_000;
+// When the server closes, each comm is read on until it has been quiet this
+// long (or CLOSE_GRACE_MS has passed), so that what its peer sent before is
+// handled (and requests answered), not dropped.
+const QUIET_MS = 20;
+// What #receive() returns when it is time to stop reading a comm.
+const STOP = Symbol("stop");
 
 /**
  * Serves operations by name, as dask's `Server`. A message
@@ -172,7 +172,6 @@ export class Server implements AsyncDisposable {
   #streamHandlers = new Map<string, StreamHandler>();
   #onError: ((error: unknown) => void) | undefined;
   #listeners: Listener[] = [];
-  #comms = new Map<Comm, CommState>();
   #tasks = new Set<Promise<unknown>>();
   #stopping = new AbortController();
   #closePromise: Promise<void> | undefined;
@@ -310,30 +309,20 @@ export class Server implements AsyncDisposable {
   }
 
   async #close(): Promise<void> {
+    // Each comm's loop sees the signal, handles what has arrived, and closes
+    // its comm; running handlers finish and write their replies first.
     this.#stopping.abort(new CommClosedError(`Server "${this.id}" is closing`));
-    // Comms waiting for a message are closed now; the others once their
-    // reply is written.
-    for (const [comm, state] of this.#comms) {
-      if (!state.busy) this.#run(closeWithin(comm, CLOSE_GRACE_MS));
-    }
     while (this.#tasks.size > 0) await Promise.all(this.#tasks);
     await Promise.all(this.#listeners.map((listener) => listener.close()));
     while (this.#tasks.size > 0) await Promise.all(this.#tasks);
   }
 
   async #serve(comm: Comm): Promise<void> {
-    const state: CommState = { busy: false };
-    this.#comms.set(comm, state);
+    const drain = { until: undefined as number | undefined };
     try {
-      while (!this.closed) {
-        let message: unknown;
-        try {
-          message = await comm.read();
-        } catch (error) {
-          if (error instanceof ProtocolError) this.#report(error);
-          return;
-        }
-        state.busy = true;
+      while (true) {
+        const message = await this.#receive(comm, drain);
+        if (message === STOP) return;
         if (!isRecord(message)) {
           this.#report(
             new ProtocolError(
@@ -365,13 +354,37 @@ export class Server implements AsyncDisposable {
           }
         }
         if (close === true || comm.closed) return;
-        state.busy = false;
       }
     } catch (error) {
       if (!(error instanceof CommClosedError)) this.#report(error);
     } finally {
-      if (this.#comms.get(comm) === state) this.#comms.delete(comm);
       await closeWithin(comm, CLOSE_GRACE_MS);
+    }
+  }
+
+  /**
+   * The next message on `comm`, or STOP when the comm ended, or the server
+   * is closing and the comm has been quiet for QUIET_MS.
+   */
+  async #receive(comm: Comm, drain: { until: number | undefined }): Promise<unknown> {
+    if (!this.closed) {
+      try {
+        return await comm.read({ signal: this.#stopping.signal });
+      } catch (error) {
+        if (!this.closed || comm.closed) {
+          if (error instanceof ProtocolError) this.#report(error);
+          return STOP;
+        }
+      }
+    }
+    drain.until ??= performance.now() + CLOSE_GRACE_MS;
+    const left = drain.until - performance.now();
+    if (left <= 0 || !await comm.poll(Math.min(QUIET_MS, left))) return STOP;
+    try {
+      return await comm.read();
+    } catch (error) {
+      if (error instanceof ProtocolError) this.#report(error);
+      return STOP;
     }
   }
 
@@ -417,22 +430,11 @@ export class Server implements AsyncDisposable {
   }
 
   async #stream(comm: Comm, extra: Record<string, unknown>): Promise<void> {
-    // A stream that a handler started keeps the comm's state: the server
-    // may close it between messages.
-    const state = this.#comms.get(comm) ?? { busy: false };
-    this.#comms.set(comm, state);
-    const wasBusy = state.busy;
+    const drain = { until: undefined as number | undefined };
     try {
-      while (!this.closed) {
-        state.busy = false;
-        let messages: unknown;
-        try {
-          messages = await comm.read();
-        } catch (error) {
-          if (error instanceof ProtocolError) this.#report(error);
-          return;
-        }
-        state.busy = true;
+      while (true) {
+        const messages = await this.#receive(comm, drain);
+        if (messages === STOP) return;
         for (const message of Array.isArray(messages) ? messages : [messages]) {
           if (message === "OK") continue;
           if (!isRecord(message) || typeof message.op !== "string") {
@@ -453,7 +455,6 @@ export class Server implements AsyncDisposable {
         }
       }
     } finally {
-      state.busy = wasBusy;
       await closeWithin(comm, CLOSE_GRACE_MS);
     }
   }
