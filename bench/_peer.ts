@@ -1,14 +1,14 @@
 /**
  * The other process of the two-process benchmarks: an echo server, ours or
- * raw, on loopback. Prints its address on the first line of stdout and runs
- * until its stdin closes.
+ * raw, or our RPC `Server` with an `add` handler, on loopback. Prints its
+ * address on the first line of stdout and runs until its stdin closes.
  *
- * `deno run --allow-net bench/_peer.ts ours|raw`
+ * `deno run --allow-net bench/_peer.ts ours|raw|rpc`
  *
  * @module
  */
 
-import { listen } from "../mod.ts";
+import { listen, Server } from "../mod.ts";
 import { echo } from "./_raw.ts";
 
 const mode = Deno.args[0];
@@ -36,7 +36,12 @@ if (mode === "ours") {
   await stdinClosed;
   listener.close();
   await serving.catch(() => {});
+} else if (mode === "rpc") {
+  await using server = new Server({ add: ({ x, y }) => x + y });
+  await server.listen("tcp://127.0.0.1:0");
+  console.log(server.address);
+  await stdinClosed;
 } else {
-  console.error("usage: _peer.ts ours|raw");
+  console.error("usage: _peer.ts ours|raw|rpc");
   Deno.exit(2);
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/python3
-"""dask.distributed comm-layer benchmark: the reference column for bench/run.ts.
+"""dask.distributed comm and RPC benchmark: the reference column for bench/run.ts.
 
 Run with Debian's system interpreter (python3-distributed 2022.12.1):
 
     /usr/bin/python3 bench/dask_bench.py [--repeats N] [--only W1_one_process,...]
 
-Measures dask's own comm layer (`distributed.comm.connect` / `listen`) on
-loopback (tcp://127.0.0.1:0, inproc://), with dask's default configuration,
-and prints ONE JSON object on stdout (progress goes to stderr):
+Measures dask's own comm layer (`distributed.comm.connect` / `listen`) and
+its RPC layer (`distributed.core.Server`, `ConnectionPool`) on loopback
+(tcp://127.0.0.1:0, inproc://), with dask's default configuration, and prints
+ONE JSON object on stdout (progress goes to stderr):
 
     {"python": ..., "distributed": ..., "repeats": N, "results": {name: median}}
 
@@ -28,6 +29,20 @@ connection setup untimed, value = median of the repetitions):
                      is random: dask lz4-compresses compressible frames by default,
                      so zeros would measure lz4, not the transport.
 - W4_inproc          msgs/s one way over inproc://, 100_000 x write({"op": "data", "i": i}).
+- RPC_1_one_process  calls/s: a `Server({"add": add})` (`def add(x, y): return x + y`)
+                     and a fresh `ConnectionPool(limit=4)` in one event loop, one
+                     caller looping `await pool(address).add(x=i, y=1)`, 3_200 calls.
+                     The pool's comms are opened untimed, by concurrent calls first.
+- RPC_64_one_process the same from 64 concurrent asyncio tasks, 1_280 calls in all.
+                     With callers waiting at the limit, dask's pool closes the idle
+                     comm on every reuse() and opens a new one (its `collect()`), so
+                     this measures a connection per call; its "Collecting unused
+                     comms" log line, once a call, is silenced (distributed.core
+                     logs at WARNING here), which only makes dask faster.
+- RPC_1_two_processes, RPC_64_two_processes
+                     the same two, the Server in a child process (this script with
+                     the hidden `--serve-add`; one child for all repetitions);
+                     2_560 and 1_280 calls.
 
 Every repetition runs under asyncio.wait_for(60 s); a faulthandler watchdog
 kills the process if even that fails.  A failed workload reports null, its
@@ -39,6 +54,7 @@ import argparse
 import asyncio
 import faulthandler
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -51,12 +67,18 @@ W2_LIST_COUNT = 200_000
 W2_LIST_SIZE = 1_000
 W3_BYTES = 64 * 2**20
 W4_COUNT = 100_000
+RPC_1_COUNT = 3_200
+RPC_64_COUNT = 1_280
+RPC_1_TWO_PROCESSES_COUNT = 2_560
+RPC_64_TWO_PROCESSES_COUNT = 1_280
+RPC_POOL_LIMIT = 4
 TCP = "tcp://127.0.0.1:0"
 REPETITION_TIMEOUT = 60.0
 
 try:
     import distributed
     from distributed.comm import CommClosedError, connect, listen
+    from distributed.core import ConnectionPool, Server
     from distributed.protocol.serialize import to_serialize
 except Exception as error:  # ImportError, or a broken install
     print(json.dumps({"error": f"distributed not importable: {error!r}"}))
@@ -191,6 +213,51 @@ async def w3_bulk(_):
         listener.stop()
 
 
+def add(x, y):
+    return x + y
+
+
+async def rpc_calls(address, callers, count):
+    """`callers` tasks call `add` `count` times in all through a fresh pool. Returns calls/s."""
+    pool = await ConnectionPool(limit=RPC_POOL_LIMIT)
+    try:
+        remote = pool(address)
+        await asyncio.gather(*(remote.add(x=0, y=1) for _ in range(min(callers, RPC_POOL_LIMIT))))
+
+        async def caller():
+            for i in range(count // callers):
+                if await remote.add(x=i, y=1) != i + 1:
+                    raise AssertionError("wrong sum")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        return count / (time.perf_counter() - start)
+    finally:
+        await pool.close()
+
+
+async def rpc_one_process(callers, count):
+    async with Server({"add": add}) as server:
+        await server.listen(TCP)
+        return await rpc_calls(server.address, callers, count)
+
+
+async def rpc_1_one_process(_):
+    return await rpc_one_process(1, RPC_1_COUNT)
+
+
+async def rpc_64_one_process(_):
+    return await rpc_one_process(64, RPC_64_COUNT)
+
+
+async def rpc_1_two_processes(child_address):
+    return await rpc_calls(child_address, 1, RPC_1_TWO_PROCESSES_COUNT)
+
+
+async def rpc_64_two_processes(child_address):
+    return await rpc_calls(child_address, 64, RPC_64_TWO_PROCESSES_COUNT)
+
+
 WORKLOADS = {
     "W1_one_process": w1_one_process,
     "W1_two_processes": w1_two_processes,
@@ -198,6 +265,17 @@ WORKLOADS = {
     "W2_lists_of_1000": w2_lists_of_1000,
     "W3_64MiB_tcp_GBps": w3_bulk,
     "W4_inproc": w4_inproc,
+    "RPC_1_one_process": rpc_1_one_process,
+    "RPC_64_one_process": rpc_64_one_process,
+    "RPC_1_two_processes": rpc_1_two_processes,
+    "RPC_64_two_processes": rpc_64_two_processes,
+}
+
+# The workloads whose server is a child process, and the child's mode.
+CHILDREN = {
+    "W1_two_processes": "--serve-echo",
+    "RPC_1_two_processes": "--serve-add",
+    "RPC_64_two_processes": "--serve-add",
 }
 
 
@@ -209,15 +287,23 @@ async def serve_echo():
     listener.stop()
 
 
-async def start_child():
+async def serve_add():
+    """Child mode: a Server with `add` on loopback, print the address, exit when stdin closes."""
+    async with Server({"add": add}) as server:
+        await server.listen(TCP)
+        print(server.address, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+async def start_child(mode):
     child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve-echo"],
+        [sys.executable, os.path.abspath(__file__), mode],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     line = await asyncio.wait_for(
         asyncio.get_running_loop().run_in_executor(None, child.stdout.readline), 30)
     if not line.startswith("tcp://"):
-        raise RuntimeError(f"echo child did not report an address: {line!r}")
+        raise RuntimeError(f"{mode} child did not report an address: {line!r}")
     return child, line.strip()
 
 
@@ -236,8 +322,8 @@ async def run(names, repeats):
         child = None
         try:
             argument = None
-            if name == "W1_two_processes":
-                child, argument = await start_child()
+            if name in CHILDREN:
+                child, argument = await start_child(CHILDREN[name])
             runs = []
             for r in range(repeats):
                 runs.append(await asyncio.wait_for(WORKLOADS[name](argument), REPETITION_TIMEOUT))
@@ -258,9 +344,15 @@ def main():
     parser.add_argument("--only", default=",".join(WORKLOADS),
                         help="comma-separated workloads: " + ", ".join(WORKLOADS))
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-add", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # dask's pool logs "Collecting unused comms" at INFO once a call when
+    # callers wait at its limit (RPC_64_*): thousands of lines to stderr.
+    logging.getLogger("distributed.core").setLevel(logging.WARNING)
     if args.serve_echo:
         return asyncio.run(serve_echo())
+    if args.serve_add:
+        return asyncio.run(serve_add())
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown or args.repeats < 1:

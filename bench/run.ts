@@ -12,16 +12,22 @@
  * - W3 bulk: 64 MiB binary messages one way over tcp and unix, received into
  *   fresh buffers and into recycled ones (the `allocate` option).
  * - W4 inproc: one way between two tasks, against a bare async queue.
+ * - RPC: calls per second of `remote.add({x, y})` on a `Server` through
+ *   `pool.rpc(address)` of a `ConnectionPool` of 4 comms, from 1 and from 64
+ *   concurrent callers, over tcp, in one process and with the server in a
+ *   child process; against dask's own `rpc` (`ConnectionPool(limit=4)`),
+ *   with no raw reference.
  * - Memory: peak resident memory while moving 2 GiB in 64 MiB messages.
  *
  * Prints one table and writes it as JSON to `bench/results/latest.json`.
  * `BENCH_REPEATS` sets the repetitions (default 5); `BENCH_ONLY` a
- * comma-separated list of row keys to run.
+ * comma-separated list of row keys to run (and `dask` for dask's
+ * counterparts of those rows).
  *
  * @module
  */
 
-import { type Comm, connect, listen, type ListenOptions } from "../mod.ts";
+import { type Comm, connect, ConnectionPool, listen, type ListenOptions, Server } from "../mod.ts";
 import * as raw from "./_raw.ts";
 
 const REPEATS = Number(Deno.env.get("BENCH_REPEATS") ?? 5);
@@ -31,6 +37,10 @@ const W2_COUNT = 200_000;
 const W3_BYTES = 64 * 1024 * 1024;
 const W3_MESSAGES = 4;
 const W4_COUNT = 500_000;
+/** Calls per RPC repetition (a multiple of 64); fewer for one caller across processes. */
+const RPC_COUNT = 25_600;
+const RPC_1_2PROC_COUNT = 12_800;
+const RPC_POOL_LIMIT = 4;
 
 interface Row {
   key: string;
@@ -42,6 +52,8 @@ interface Row {
   /** What `ours / raw` (or `ours` for absolute targets) must reach. */
   target?: string;
   pass?: boolean;
+  /** What `ours / dask` must reach, once dask's figure is in. */
+  daskTarget?: number;
   dask?: number;
   note?: string;
 }
@@ -176,11 +188,31 @@ async function ourBulk(
   return (W3_BYTES * count) / 1e9 / ((performance.now() - start) / 1000);
 }
 
+/**
+ * Calls/s of `callers` concurrent loops of `remote.add()`, `count` calls in
+ * all, through a fresh pool of RPC_POOL_LIMIT comms (opened untimed).
+ */
+async function ourRpcCalls(address: string, callers: number, count: number): Promise<number> {
+  await using pool = new ConnectionPool({ limit: RPC_POOL_LIMIT });
+  const remote = pool.rpc(address);
+  await Promise.all(
+    Array.from({ length: Math.min(callers, RPC_POOL_LIMIT) }, () => remote.add({ x: 0, y: 1 })),
+  );
+  const each = count / callers;
+  const start = performance.now();
+  await Promise.all(Array.from({ length: callers }, async () => {
+    for (let i = 0; i < each; i++) {
+      if (await remote.add({ x: i, y: 1 }) !== i + 1) throw new Error("wrong sum");
+    }
+  }));
+  return count / ((performance.now() - start) / 1000);
+}
+
 // ---- processes ----
 
 /** Starts `bench/_peer.ts` in `mode`; its address and a stop function. */
 async function startPeer(
-  mode: "ours" | "raw",
+  mode: "ours" | "raw" | "rpc",
 ): Promise<{ address: string; stop: () => Promise<void> }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-net", new URL("./_peer.ts", import.meta.url).pathname, mode],
@@ -225,11 +257,12 @@ interface DaskResults {
   distributed?: string;
 }
 
-async function daskFigures(): Promise<DaskResults> {
+/** Runs `dask_bench.py`: all its workloads, or those of `only`. */
+async function daskFigures(only?: string[]): Promise<DaskResults> {
   const script = new URL("./dask_bench.py", import.meta.url).pathname;
   try {
     const output = await new Deno.Command("/usr/bin/python3", {
-      args: [script, "--repeats", String(REPEATS)],
+      args: [script, "--repeats", String(REPEATS), ...(only ? ["--only", only.join(",")] : [])],
       stderr: "inherit",
     }).output();
     const text = new TextDecoder().decode(output.stdout).trim();
@@ -390,6 +423,38 @@ if (wanted("W4")) {
   });
 }
 
+for (const processes of ["one", "two"] as const) {
+  for (const callers of [1, 64]) {
+    const key = `RPC-${callers}${processes === "two" ? "-2proc" : ""}`;
+    if (!wanted(key)) continue;
+    progress(key);
+    let server: { address: string; stop: () => Promise<void> };
+    if (processes === "two") {
+      server = await startPeer("rpc");
+    } else {
+      const local = new Server({ add: ({ x, y }) => x + y });
+      await local.listen("tcp://127.0.0.1:0");
+      server = { address: local.address, stop: () => local.close() };
+    }
+    const runs: number[] = [];
+    for (let i = 0; i < REPEATS; i++) {
+      const count = processes === "two" && callers === 1 ? RPC_1_2PROC_COUNT : RPC_COUNT;
+      runs.push(await ourRpcCalls(server.address, callers, count));
+    }
+    await server.stop();
+    rows.push({
+      key,
+      workload: `RPC add, ${callers} caller${
+        callers === 1 ? "" : "s"
+      }, pool of ${RPC_POOL_LIMIT}, ${processes === "two" ? "two processes" : "one process"}, tcp`,
+      unit: "calls/s",
+      ours: median(runs),
+      target: ">= 3x dask",
+      daskTarget: 3,
+    });
+  }
+}
+
 for (const mode of ["fresh", "recycled"] as const) {
   const key = `memory-${mode}`;
   if (!wanted(key)) continue;
@@ -410,19 +475,29 @@ for (const mode of ["fresh", "recycled"] as const) {
 }
 
 // dask's figures, from its own run after ours (never at the same time: two
-// cores), set beside ours.
-if (wanted("dask")) progress("dask");
-const dask = wanted("dask") ? await daskFigures() : {};
+// cores), set beside ours. With BENCH_ONLY, only the counterparts of the rows
+// run.
 const daskKeys: Record<string, string> = {
   "W1-tcp": "W1_one_process",
   "W1-2proc": "W1_two_processes",
   "W2": "W2_one_write_each",
   "W3-tcp-fresh": "W3_64MiB_tcp_GBps",
   "W4": "W4_inproc",
+  "RPC-1": "RPC_1_one_process",
+  "RPC-64": "RPC_64_one_process",
+  "RPC-1-2proc": "RPC_1_two_processes",
+  "RPC-64-2proc": "RPC_64_two_processes",
 };
+const daskOnly = ONLY && rows.map((row) => daskKeys[row.key]).filter((name) => name);
+const runDask = wanted("dask") && (!daskOnly || daskOnly.length > 0);
+if (runDask) progress("dask");
+const dask = runDask ? await daskFigures(daskOnly) : {};
 for (const row of rows) {
   const figure = dask.results?.[daskKeys[row.key]];
-  if (figure !== undefined) row.dask = figure;
+  if (figure !== undefined && figure !== null) row.dask = figure;
+  if (row.daskTarget !== undefined && row.dask !== undefined) {
+    row.pass = row.ours / row.dask >= row.daskTarget;
+  }
 }
 
 function format(n: number): string {
@@ -436,7 +511,9 @@ const table = rows.map((r) => [
   format(r.ours),
   r.raw === undefined ? "" : format(r.raw),
   r.raw === undefined ? "" : `${(r.ours / r.raw).toFixed(2)}x`,
-  r.target === undefined ? "" : `${r.target} ${r.pass ? "ok" : "MISSED"}`,
+  r.target === undefined
+    ? ""
+    : `${r.target} ${r.pass === undefined ? "unmeasured" : r.pass ? "ok" : "MISSED"}`,
   r.dask === undefined ? "" : format(r.dask),
   r.dask === undefined ? "" : `${(r.ours / r.dask).toFixed(1)}x`,
 ]);
@@ -448,7 +525,7 @@ for (const cells of table) console.log(line(cells));
 for (const r of rows) if (r.note) console.log(`  ${r.key}: ${r.note}`);
 if (dask.error) console.log(`  dask: not measured (${dask.error})`);
 else if (dask.distributed) console.log(`  dask: distributed ${dask.distributed}, /usr/bin/python3`);
-console.log("  W5 (UDP) and RPC rows arrive with the datagram and RPC layers.");
+console.log("  W5 (UDP) rows arrive with the datagram layer.");
 
 await Deno.mkdir(new URL("./results/", import.meta.url), { recursive: true });
 await Deno.writeTextFile(
