@@ -6,7 +6,7 @@
  */
 
 import { CommClosedError } from "./errors.ts";
-import { checkDuration, closeWithin, describe, messageOf } from "./_util.ts";
+import { checkDuration, closeWithin, describe, MAX_TIMER_MS, messageOf } from "./_util.ts";
 import type { Comm } from "./types.ts";
 
 /** Options for a {@linkcode BatchedSend}. *
@@ -27,7 +27,9 @@ import type { Comm } from "./types.ts";
 export interface BatchedSendOptions {
   /**
    * Milliseconds between two writes: messages sent meanwhile wait and go
-   * together. The first message after a quiet spell goes at once.
+   * together. The first message after a quiet spell goes at once. Beyond
+   * about 24.8 days (`Infinity` included), later messages wait for
+   * `close()`.
    *
    * @default {2}
    */
@@ -80,6 +82,7 @@ export class BatchedSend implements AsyncDisposable {
   #writing: Promise<void> | undefined;
   #nextWrite = 0;
   #closed = false;
+  #aborted = false;
   #closePromise: Promise<void> | undefined;
   #failure: unknown;
   #lost = 0;
@@ -143,9 +146,16 @@ export class BatchedSend implements AsyncDisposable {
         { cause: this.#failure },
       );
     }
-    if (this.closed) {
+    if (this.#closed) {
       throw new CommClosedError(
-        `Cannot send on the batched stream to "${this.#comm.peerAddress}": it is closed`,
+        `Cannot send on the batched stream to "${this.#comm.peerAddress}": it was ${
+          this.#aborted ? "aborted" : "closed"
+        }`,
+      );
+    }
+    if (this.#comm.closed) {
+      throw new CommClosedError(
+        `Cannot send on the batched stream to "${this.#comm.peerAddress}": its comm is closed (by the peer, or by an error)`,
       );
     }
     for (const message of messages) this.#buffer.push(message);
@@ -171,6 +181,7 @@ export class BatchedSend implements AsyncDisposable {
    */
   abort(reason?: unknown): void {
     this.#closed = true;
+    this.#aborted = true;
     this.#buffer = [];
     clearTimeout(this.#timer);
     this.#comm.abort(reason);
@@ -186,7 +197,9 @@ export class BatchedSend implements AsyncDisposable {
     this.#scheduled = true;
     const wait = this.#nextWrite - performance.now();
     if (wait <= 0) queueMicrotask(() => this.#flush());
-    else this.#timer = setTimeout(() => this.#flush(), wait);
+    else if (wait < MAX_TIMER_MS) this.#timer = setTimeout(() => this.#flush(), wait);
+    // An interval beyond setTimeout's range holds messages until close().
+    else this.#scheduled = false;
   }
 
   #flush(): void {
@@ -242,6 +255,8 @@ export class BatchedSend implements AsyncDisposable {
   }
 
   #fail(error: unknown, lost: number): void {
+    // What abort() interrupts is dropped on purpose, not lost.
+    if (this.#aborted) return;
     this.#failure = error;
     this.#lost += lost + this.#buffer.length;
     this.#buffer = [];

@@ -6,7 +6,12 @@
  */
 
 import { connect } from "./core.ts";
-import { CommClosedError, PoolTimeoutError } from "./errors.ts";
+import {
+  CallTimeoutError,
+  CommClosedError,
+  ConnectTimeoutError,
+  PoolTimeoutError,
+} from "./errors.ts";
 import { callMessage, callOn, callTimer, rpcProxy } from "./_call.ts";
 import { Queue } from "./_queue.ts";
 import {
@@ -311,9 +316,19 @@ export class ConnectionPool implements AsyncDisposable {
     const timeout = checkDuration("timeout", options?.timeout, this.#callTimeout);
     const signal = options?.signal;
     const start = performance.now();
-    // Getting the comm has its own errors, which say more than a call
-    // timeout would (no room in the pool, or why connecting failed).
-    const comm = await this.get(address, { timeout: Math.min(timeout, this.#timeout), signal });
+    let comm: Comm;
+    try {
+      comm = await this.get(address, { timeout: Math.min(timeout, this.#timeout), signal });
+    } catch (error) {
+      // One error class for a call out of time, saying which step took it.
+      if (error instanceof PoolTimeoutError || error instanceof ConnectTimeoutError) {
+        throw new CallTimeoutError(
+          `Remote operation "${op}" on "${address}" could not start: ${error.message}`,
+          { cause: error },
+        );
+      }
+      throw error;
+    }
     const timer = callTimer(op, address, timeout, signal, timeout - (performance.now() - start));
     try {
       return await callOn(comm, message, op, timer?.signal);

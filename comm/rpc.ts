@@ -26,12 +26,13 @@ import type { Comm, ConnectOptions } from "./types.ts";
  */
 export interface CallOptions {
   /**
-   * Milliseconds the call may take in all. With `rpc()` or a pool, getting a
-   * comm counts too, and if that is what runs out of time the call rejects
-   * with the error saying why (`ConnectTimeoutError`, `PoolTimeoutError`).
-   * When the reply is late, it rejects with `CallTimeoutError` and the comm
-   * is aborted. Defaults to the `callTimeout` of the `rpc()` or pool, and to
-   * no limit for `sendRecv()`.
+   * Milliseconds the call may take in all, getting a comm included (with
+   * `rpc()` or a pool). When it runs out, the call rejects with
+   * `CallTimeoutError`, whose message says which step took the time (waiting
+   * for room in the pool, connecting, or the reply) and whose `cause` is that
+   * step's error, if any; a comm waiting for a late reply is aborted.
+   * Defaults to the `callTimeout` of the `rpc()` or pool (whose own
+   * `timeout` bounds getting a comm too), and to no limit for `sendRecv()`.
    */
   timeout?: number;
   /**
