@@ -81,7 +81,10 @@ export async function callOn(
   let reply: unknown;
   try {
     await comm.write(message);
-    if (message.reply === false) return undefined;
+    if (message.reply === false) {
+      if (message.close === true) await comm.close();
+      return undefined;
+    }
     reply = await comm.read();
   } catch (error) {
     if (signal?.aborted) throw signal.reason;
@@ -147,5 +150,8 @@ export function callMessage(op: string, args: unknown): Record<string, unknown> 
       `Invalid arguments ${describe(args)} for "${op}": expected an object of named arguments`,
     );
   }
-  return { ...args, op, reply: true };
+  // As dask's rpc: `reply: false` passes through, and the call resolves
+  // once the message is written.
+  const reply = (args as Record<string, unknown>).reply === false ? false : true;
+  return { ...args, op, reply };
 }

@@ -120,7 +120,7 @@ export function parseErrorReply(reply: Record<string, unknown>): RemoteErrorInfo
 
 function describeError(error: unknown): RemoteErrorInfo {
   if (!(error instanceof Error)) {
-    return { name: "Error", message: truncate(String(error)), stack: "" };
+    return { name: "Error", message: truncate(safeString(error)), stack: "" };
   }
   const name = typeof error.name === "string" && error.name !== "" ? error.name : "Error";
   const message = truncate(String(error.message));
@@ -131,6 +131,15 @@ function describeError(error: unknown): RemoteErrorInfo {
   if (stack.startsWith(head)) stack = stack.slice(head.length).replace(/^\n/, "");
   else if (stack.startsWith(name)) stack = stack.slice(stack.indexOf("\n") + 1);
   return { name, message, stack };
+}
+
+/** `String(value)`, or a description when that throws. */
+function safeString(value: unknown): string {
+  try {
+    return String(value);
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
 }
 
 function truncate(text: string): string {
@@ -159,6 +168,10 @@ function pickleException(name: string, message: string): Uint8Array {
   return out;
 }
 
+// What Python's str.isprintable() refuses (besides the space): controls,
+// format characters, surrogates, private use, unassigned, separators.
+const NOT_PRINTABLE = /^[\p{C}\p{Z}]$/u;
+
 /** Python's `repr()` of a string. */
 export function pythonRepr(text: string): string {
   const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
@@ -169,9 +182,10 @@ export function pythonRepr(text: string): string {
     else if (char === "\n") out += "\\n";
     else if (char === "\r") out += "\\r";
     else if (char === "\t") out += "\\t";
-    else if (code < 0x20 || code === 0x7f) out += `\\x${code.toString(16).padStart(2, "0")}`;
-    else if (code >= 0xd800 && code <= 0xdfff) out += `\\u${code.toString(16)}`;
-    else out += char;
+    else if (char === " " || !NOT_PRINTABLE.test(char)) out += char;
+    else if (code <= 0xff) out += `\\x${code.toString(16).padStart(2, "0")}`;
+    else if (code <= 0xffff) out += `\\u${code.toString(16).padStart(4, "0")}`;
+    else out += `\\U${code.toString(16).padStart(8, "0")}`;
   }
   return out + quote;
 }
@@ -194,6 +208,8 @@ export function pythonUnrepr(text: string): string | undefined {
       continue;
     }
     const next = text[++i];
+    // A backslash may not escape the closing quote.
+    if (i >= text.length - 1) return undefined;
     const simple: Record<string, string> = {
       "\\": "\\",
       "'": "'",

@@ -7,6 +7,7 @@
  */
 
 import { callOn, callTimer, checkMessage, rpcProxy } from "./_call.ts";
+import { CommClosedError } from "./errors.ts";
 import { ConnectionPool } from "./pool.ts";
 import { checkDuration } from "./_util.ts";
 import type { Comm, ConnectOptions } from "./types.ts";
@@ -36,8 +37,8 @@ export interface CallOptions {
    */
   timeout?: number;
   /**
-   * Aborts the call: it rejects with the signal's reason and the comm is
-   * aborted.
+   * Aborts the call: it rejects with the signal's reason, and the comm is
+   * aborted if the message was sent already.
    */
   signal?: AbortSignal;
 }
@@ -104,6 +105,8 @@ export interface RpcHandle extends AsyncDisposable {
  * A proxy for the operations at one address: `remote.identity()` sends
  * `{op: "identity", reply: true}` and resolves with the reply;
  * `remote.add({x: 1, y: 2})` sends `{x: 1, y: 2, op: "add", reply: true}`.
+ * With `reply: false` among the arguments, as with dask's `rpc`, the call
+ * resolves once the message is written, with `undefined`.
  *
  * @example
  * ```ts
@@ -224,5 +227,11 @@ export function rpc(address: string, options: RpcOptions = {}): Rpc {
   const { callTimeout, ...connectOptions } = options;
   const pool = new ConnectionPool({ ...connectOptions, limit: Infinity, callTimeout });
   const proxy = pool.rpc(address);
-  return rpcProxy(address, proxy.call, () => pool.close());
+  const call: typeof proxy.call = (op, args, options) =>
+    pool.closed
+      ? Promise.reject(
+        new CommClosedError(`Cannot call "${op}" on "${address}": this rpc() proxy is closed`),
+      )
+      : proxy.call(op, args, options);
+  return rpcProxy(address, call, () => pool.close());
 }

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { AsyncLocalStorage } from "node:async_hooks";
 import { listen } from "./core.ts";
 import { CommClosedError, ProtocolError } from "./errors.ts";
 import { errorReply } from "./_error_reply.ts";
@@ -122,6 +123,12 @@ const CLOSE_GRACE_MS = 2_000;
 const QUIET_MS = 20;
 // What #receive() returns when it is time to stop reading a comm.
 const STOP = Symbol("stop");
+// Operations the server answers itself, which no handler can replace.
+const RESERVED_OPS = new Set(["close"]);
+
+// The server task that code runs in, so that close() awaited by a handler
+// does not wait for that handler's own task (which waits for close()).
+const currentTask = new AsyncLocalStorage<{ task?: Promise<unknown> }>();
 
 /**
  * Serves operations by name, as dask's `Server`. A message
@@ -129,7 +136,8 @@ const STOP = Symbol("stop");
  * `args`, and what it returns is written back. Messages on one comm are
  * handled one at a time, in order; many comms are served at once.
  *
- * - An unknown `op` gets an error reply naming it and the known ones; a
+ * - An unknown `op` gets an error reply naming it and the known ones (where
+ *   dask's own `Server` replies `None`); a
  *   handler that throws gets an error reply with the error's name, message
  *   and stack. Error replies have dask's shape
  *   (`{status: "uncaught-error", exception, traceback, exception_text,
@@ -173,6 +181,7 @@ export class Server implements AsyncDisposable {
   #onError: ((error: unknown) => void) | undefined;
   #listeners: Listener[] = [];
   #tasks = new Set<Promise<unknown>>();
+  #acceptLoops: Promise<void>[] = [];
   #stopping = new AbortController();
   #closePromise: Promise<void> | undefined;
 
@@ -191,6 +200,11 @@ export class Server implements AsyncDisposable {
     this.#handlers.set("echo", ({ data }) => data ?? null);
     this.#handlers.set("connection_stream", (_args, { comm }) => this.handleStream(comm));
     for (const [op, handler] of Object.entries(handlers)) {
+      if (RESERVED_OPS.has(op)) {
+        throw new TypeError(
+          `Invalid handler for "${op}": the server answers "${op}" itself (it closes the comm); give the operation another name`,
+        );
+      }
       this.#handlers.set(op, checkHandler(op, handler, "handler"));
     }
     for (const [op, handler] of Object.entries(options.streamHandlers ?? {})) {
@@ -249,7 +263,9 @@ export class Server implements AsyncDisposable {
    */
   async listen(address: string, options: ListenOptions = {}): Promise<Listener> {
     this.#throwIfClosed();
-    const listener = await listen(address, (comm) => this.handleComm(comm), {
+    // Without a handler, so that closing the listener does not wait for the
+    // comms' tasks: close() waits for those itself, minus its caller's.
+    const listener = await listen(address, {
       ...options,
       onError: options.onError ?? this.#onError,
     });
@@ -258,6 +274,9 @@ export class Server implements AsyncDisposable {
       this.#throwIfClosed();
     }
     this.#listeners.push(listener);
+    this.#acceptLoops.push((async () => {
+      for await (const comm of listener) this.handleComm(comm);
+    })());
     return listener;
   }
 
@@ -274,7 +293,7 @@ export class Server implements AsyncDisposable {
       comm.abort(new CommClosedError(`Server "${this.id}" is closed`));
       return Promise.resolve();
     }
-    return this.#run(this.#serve(comm));
+    return this.#spawn(() => this.#serve(comm));
   }
 
   /**
@@ -291,13 +310,20 @@ export class Server implements AsyncDisposable {
    * @returns When the stream is over.
    */
   handleStream(comm: Comm, extra: Record<string, unknown> = {}): Promise<void> {
-    return this.#run(this.#stream(comm, extra));
+    return this.#spawn(() => this.#stream(comm, extra));
   }
 
   /**
-   * Stops listening, lets handlers that are running finish and write their
-   * replies (their `signal` is aborted, to hurry them), closes every comm,
-   * and waits for stream handlers still running. Idempotent.
+   * Stops listening and closes every comm, gracefully: requests that arrived
+   * before are handled and answered, running handlers finish and write
+   * their replies (their `signal` is aborted, to hurry them; close() waits
+   * for them, with no time limit), and stream messages that arrived before
+   * are handled. Then it waits for stream handlers still running.
+   * Idempotent.
+   *
+   * A handler may await `close()`: it resolves once everything else is
+   * closed, without waiting for that handler. Its own comm is closed too,
+   * so its reply may not arrive; to answer first, close without awaiting.
    */
   close(): Promise<void> {
     return this.#closePromise ??= this.#close();
@@ -312,9 +338,10 @@ export class Server implements AsyncDisposable {
     // Each comm's loop sees the signal, handles what has arrived, and closes
     // its comm; running handlers finish and write their replies first.
     this.#stopping.abort(new CommClosedError(`Server "${this.id}" is closing`));
-    while (this.#tasks.size > 0) await Promise.all(this.#tasks);
+    await this.#settle();
     await Promise.all(this.#listeners.map((listener) => listener.close()));
-    while (this.#tasks.size > 0) await Promise.all(this.#tasks);
+    await Promise.all(this.#acceptLoops);
+    await this.#settle();
   }
 
   async #serve(comm: Comm): Promise<void> {
@@ -473,17 +500,31 @@ export class Server implements AsyncDisposable {
     }
     try {
       const result = handler(message, { op, comm, server: this, signal: this.#stopping.signal });
-      if (result instanceof Promise) this.#run(result.catch((error) => this.#report(error)));
+      if (result instanceof Promise) {
+        this.#spawn(() => result.catch((error) => this.#report(error)));
+      }
     } catch (error) {
       this.#report(error);
     }
   }
 
-  /** Keeps `task` until it settles, so that `close()` can wait for it. */
-  #run<T>(task: Promise<T>): Promise<T> {
+  /** Runs `start` as a task of the server, which `close()` waits for. */
+  #spawn<T>(start: () => Promise<T>): Promise<T> {
+    const holder: { task?: Promise<unknown> } = {};
+    const task = currentTask.run(holder, start);
     const tracked = task.finally(() => this.#tasks.delete(tracked));
+    holder.task = tracked;
     this.#tasks.add(tracked);
     return tracked;
+  }
+
+  /** Waits for the server's tasks, except the one running this code. */
+  async #settle(): Promise<void> {
+    const own = currentTask.getStore()?.task;
+    let others: Promise<unknown>[];
+    while ((others = [...this.#tasks].filter((task) => task !== own)).length > 0) {
+      await Promise.all(others);
+    }
   }
 
   #throwIfClosed(): void {
