@@ -47,7 +47,7 @@ const MAX_DIGEST_NAME = Math.max(...[...DIGESTS.keys()].map((name) => name.lengt
 const OPEN_BRACE = 0x7b;
 const CLOSE_BRACE = 0x7d;
 
-/** Options of {@linkcode deliverChallenge} and {@linkcode answerChallenge}. *
+/** Options of {@linkcode deliverChallenge} and {@linkcode answerChallenge}.
  * @example Giving up after a second
  * ```ts
  * import { answerChallenge, type ChallengeOptions } from "@x/comm/auth";

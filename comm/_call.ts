@@ -81,7 +81,8 @@ export async function callOn(
   let reply: unknown;
   try {
     await comm.write(message);
-    if (message.reply === false) {
+    // As dask: any false value (null included) means no reply.
+    if (!message.reply) {
       if (message.close === true) await comm.close();
       return undefined;
     }

@@ -19,7 +19,7 @@ const SCHEME_PATTERN = /^[A-Za-z][A-Za-z0-9+.-]*$/;
 const PORT_PATTERN = /^[0-9]{1,5}$/;
 const MAX_PORT = 65535;
 
-/** Options for {@linkcode parseAddress}. *
+/** Options for {@linkcode parseAddress}.
  * @example
  * ```ts
  * import { AddressError, parseAddress } from "@x/comm";

@@ -9,7 +9,7 @@ import { CommClosedError } from "./errors.ts";
 import { checkDuration, closeWithin, describe, MAX_TIMER_MS, messageOf } from "./_util.ts";
 import type { Comm } from "./types.ts";
 
-/** Options for a {@linkcode BatchedSend}. *
+/** Options for a {@linkcode BatchedSend}.
  * @example
  * ```ts
  * import { BatchedSend, type BatchedSendOptions, pipe } from "@x/comm";
@@ -40,9 +40,18 @@ export interface BatchedSendOptions {
    * `console.error`.
    */
   onError?: (error: unknown) => void;
+  /**
+   * Milliseconds `close()` may take to write what is queued (when the peer
+   * does not read, writes wait); then it aborts the comm and rejects,
+   * saying how many messages were not written.
+   *
+   * @default {10000}
+   */
+  closeTimeout?: number;
 }
 
 const DEFAULT_INTERVAL = 2;
+const DEFAULT_CLOSE_TIMEOUT = 10_000;
 const CLOSE_GRACE_MS = 2_000;
 
 /**
@@ -75,6 +84,7 @@ const CLOSE_GRACE_MS = 2_000;
 export class BatchedSend implements AsyncDisposable {
   #comm: Comm;
   #interval: number;
+  #closeTimeout: number;
   #onError: ((error: unknown) => void) | undefined;
   #buffer: unknown[] = [];
   #scheduled = false;
@@ -100,6 +110,11 @@ export class BatchedSend implements AsyncDisposable {
   constructor(comm: Comm, options: BatchedSendOptions = {}) {
     this.#comm = comm;
     this.#interval = checkDuration("interval", options.interval, DEFAULT_INTERVAL);
+    this.#closeTimeout = checkDuration(
+      "closeTimeout",
+      options.closeTimeout,
+      DEFAULT_CLOSE_TIMEOUT,
+    );
     this.#onError = options.onError;
   }
 
@@ -164,7 +179,8 @@ export class BatchedSend implements AsyncDisposable {
   }
 
   /**
-   * Writes what is queued, then closes the comm. Idempotent.
+   * Writes what is queued, then closes the comm, within `closeTimeout`.
+   * Idempotent.
    *
    * @throws {CommClosedError} If messages given to `send()` were not
    * written because the comm broke.
@@ -267,16 +283,29 @@ export class BatchedSend implements AsyncDisposable {
     this.#closed = true;
     clearTimeout(this.#timer);
     this.#scheduled = false;
-    await this.#writing;
-    if (this.#buffer.length > 0) {
-      const batch = this.#buffer;
-      this.#buffer = [];
-      if (this.#comm.closed) {
-        this.#lost += batch.length;
-        this.#failure ??= new CommClosedError(`The comm to "${this.#comm.peerAddress}" closed`);
-      } else await this.#write(batch);
+    const ms = this.#closeTimeout;
+    const timer = ms < MAX_TIMER_MS
+      ? setTimeout(() =>
+        this.#comm.abort(
+          new CommClosedError(`Closing took over ${ms} ms: the peer does not read`),
+        ), ms)
+      : undefined;
+    try {
+      await this.#writing;
+      if (this.#buffer.length > 0) {
+        const batch = this.#buffer;
+        this.#buffer = [];
+        if (this.#comm.closed) {
+          this.#lost += batch.length;
+          this.#failure ??= new CommClosedError(
+            `The comm to "${this.#comm.peerAddress}" closed`,
+          );
+        } else await this.#write(batch);
+      }
+      await closeWithin(this.#comm, CLOSE_GRACE_MS);
+    } finally {
+      clearTimeout(timer);
     }
-    await closeWithin(this.#comm, CLOSE_GRACE_MS);
     if (this.#lost > 0) {
       throw new CommClosedError(
         `${this.#lost} messages of the batched stream to "${this.#comm.peerAddress}" were not written: ${

@@ -32,6 +32,7 @@ import {
   ProtocolError,
 } from "./errors.ts";
 import { lookupAddress } from "./_backends.ts";
+import { listenerControl } from "./_listener_control.ts";
 import type { BackendListener } from "./registry.ts";
 import type {
   Comm,
@@ -373,6 +374,7 @@ class CommListener implements Listener {
   #room: Deferred<void> | undefined;
   #closed = false;
   #closePromise: Promise<void> | undefined;
+  #stopPromise: Promise<void> | undefined;
   #acceptLoop: Promise<void>;
 
   constructor(
@@ -539,15 +541,29 @@ class CommListener implements Listener {
     console.error(`Listener on "${this.listenAddress}":`, error);
   }
 
+  static {
+    listenerControl.stopAccepting = (listener) =>
+      listener instanceof CommListener ? listener.#stop() : listener.close();
+  }
+
+  #stop(): Promise<void> {
+    return this.#stopPromise ??= (async () => {
+      this.#closed = true;
+      this.#room?.resolve();
+      await this.#inner.close();
+      await this.#acceptLoop;
+      for (const waiter of this.#waiters.drain()) {
+        waiter.resolve({ done: true, value: undefined });
+      }
+      // Comms accepted but never handed out have no one else to close them.
+      await Promise.all(
+        this.#ready.drain().map((comm) => closeWithin(comm, LISTENER_CLOSE_GRACE_MS)),
+      );
+    })();
+  }
+
   async #close(): Promise<void> {
-    this.#closed = true;
-    this.#room?.resolve();
-    await this.#inner.close();
-    await this.#acceptLoop;
-    for (const waiter of this.#waiters.drain()) {
-      waiter.resolve({ done: true, value: undefined });
-    }
-    this.#ready.drain();
+    await this.#stop();
     await Promise.all(
       [...this.#comms].map((comm) => closeWithin(comm, LISTENER_CLOSE_GRACE_MS)),
     );

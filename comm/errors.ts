@@ -224,7 +224,7 @@ export class BufferTooShortError extends Error {
   }
 }
 
-/** What a {@linkcode RemoteError} is built from. *
+/** What a {@linkcode RemoteError} is built from.
  * @example
  * ```ts
  * import { RemoteError, type RemoteErrorInit } from "@x/comm";

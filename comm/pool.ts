@@ -25,7 +25,7 @@ import {
 import type { CallOptions, Rpc } from "./rpc.ts";
 import type { Comm, ConnectOptions } from "./types.ts";
 
-/** Options for a {@linkcode ConnectionPool}. *
+/** Options for a {@linkcode ConnectionPool}.
  * @example
  * ```ts
  * import { ConnectionPool, type ConnectionPoolOptions } from "@x/comm";
@@ -60,7 +60,7 @@ export interface ConnectionPoolOptions extends Omit<ConnectOptions, "signal"> {
   callTimeout?: number;
 }
 
-/** Options for {@linkcode ConnectionPool.prototype.get}. *
+/** Options for {@linkcode ConnectionPool.prototype.get}.
  * @example
  * ```ts
  * import { ConnectionPool, type GetOptions, listen } from "@x/comm";

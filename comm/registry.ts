@@ -13,7 +13,7 @@ import { backends, knownSchemes, lookupAddress } from "./_backends.ts";
 import { AddressError } from "./errors.ts";
 import type { Comm, ConnectOptions, ListenOptions } from "./types.ts";
 
-/** Options a backend's `connect` gets: the caller's, plus a signal. *
+/** Options a backend's `connect` gets: the caller's, plus a signal.
  * @example A backend that counts connection attempts
  * ```ts
  * import { type BackendConnectOptions, connect, getBackend, listen, registerBackend } from "@x/comm";
@@ -41,7 +41,7 @@ export interface BackendConnectOptions extends Omit<ConnectOptions, "signal"> {
   signal: AbortSignal;
 }
 
-/** A backend's listener: accepts raw comms, before the handshake. *
+/** A backend's listener: accepts raw comms, before the handshake.
  * @example A backend listener that counts what it accepts
  * ```ts
  * import { type BackendListener, connect, getBackend, listen, registerBackend } from "@x/comm";

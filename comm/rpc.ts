@@ -12,7 +12,7 @@ import { ConnectionPool } from "./pool.ts";
 import { checkDuration } from "./_util.ts";
 import type { Comm, ConnectOptions } from "./types.ts";
 
-/** Options of one remote call. *
+/** Options of one remote call.
  * @example
  * ```ts
  * import { type CallOptions, rpc, Server } from "@x/comm";
@@ -121,7 +121,7 @@ export interface RpcHandle extends AsyncDisposable {
  */
 export type Rpc = RpcHandle & { readonly [op: string]: RemoteMethod };
 
-/** Options for {@linkcode rpc}: how to connect, and a default call timeout. *
+/** Options for {@linkcode rpc}: how to connect, and a default call timeout.
  * @example
  * ```ts
  * import { rpc, type RpcOptions, Server } from "@x/comm";

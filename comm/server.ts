@@ -9,7 +9,8 @@ import { AsyncLocalStorage } from "node:async_hooks";
 import { listen } from "./core.ts";
 import { CommClosedError, ProtocolError } from "./errors.ts";
 import { errorReply } from "./_error_reply.ts";
-import { closeWithin, describe, messageOf } from "./_util.ts";
+import { checkDuration, closeWithin, describe, MAX_TIMER_MS, messageOf } from "./_util.ts";
+import { listenerControl } from "./_listener_control.ts";
 import type { Comm, Listener, ListenOptions } from "./types.ts";
 
 /**
@@ -87,7 +88,7 @@ export type Handler = (args: any, context: HandlerContext) => unknown;
 // deno-lint-ignore no-explicit-any
 export type StreamHandler = (message: any, context: HandlerContext) => unknown;
 
-/** Options for a {@linkcode Server}. *
+/** Options for a {@linkcode Server}.
  * @example
  * ```ts
  * import { Server, type ServerOptions } from "@x/comm";
@@ -114,9 +115,19 @@ export interface ServerOptions {
    * default they are printed with `console.error`.
    */
   onError?: (error: unknown) => void;
+  /**
+   * Milliseconds `close()` gives running handlers, replies being written and
+   * streams being drained; then it aborts the comms left (which ends stuck
+   * writes and reads) and resolves, reporting to `onError` the handlers that
+   * still run because they ignore their `signal`.
+   *
+   * @default {10000}
+   */
+  closeTimeout?: number;
 }
 
 const CLOSE_GRACE_MS = 2_000;
+const DEFAULT_CLOSE_TIMEOUT = 10_000;
 // When the server closes, each comm is read on until it has been quiet this
 // long (or CLOSE_GRACE_MS has passed), so that what its peer sent before is
 // handled (and requests answered), not dropped.
@@ -126,9 +137,14 @@ const STOP = Symbol("stop");
 // Operations the server answers itself, which no handler can replace.
 const RESERVED_OPS = new Set(["close"]);
 
-// The server task that code runs in, so that close() awaited by a handler
-// does not wait for that handler's own task (which waits for close()).
-const currentTask = new AsyncLocalStorage<{ task?: Promise<unknown> }>();
+// The server task that code runs in (and the task that started it), so that
+// close() awaited by a handler does not wait for that handler's own task, nor
+// for the tasks waiting for it: they all wait for close().
+interface TaskHolder {
+  task?: Promise<unknown>;
+  parent?: TaskHolder;
+}
+const currentTask = new AsyncLocalStorage<TaskHolder>();
 
 /**
  * Serves operations by name, as dask's `Server`. A message
@@ -182,6 +198,8 @@ export class Server implements AsyncDisposable {
   #listeners: Listener[] = [];
   #tasks = new Set<Promise<unknown>>();
   #acceptLoops: Promise<void>[] = [];
+  #comms = new Set<Comm>();
+  #closeTimeout: number;
   #stopping = new AbortController();
   #closePromise: Promise<void> | undefined;
 
@@ -196,6 +214,7 @@ export class Server implements AsyncDisposable {
   constructor(handlers: Record<string, Handler> = {}, options: ServerOptions = {}) {
     this.id = options.id ?? `Server-${crypto.randomUUID()}`;
     this.#onError = options.onError;
+    this.#closeTimeout = checkDuration("closeTimeout", options.closeTimeout, DEFAULT_CLOSE_TIMEOUT);
     this.#handlers.set("identity", () => ({ type: "Server", id: this.id }));
     this.#handlers.set("echo", ({ data }) => data ?? null);
     this.#handlers.set("connection_stream", (_args, { comm }) => this.handleStream(comm));
@@ -335,17 +354,34 @@ export class Server implements AsyncDisposable {
   }
 
   async #close(): Promise<void> {
-    // Each comm's loop sees the signal, handles what has arrived, and closes
-    // its comm; running handlers finish and write their replies first.
     this.#stopping.abort(new CommClosedError(`Server "${this.id}" is closing`));
-    await this.#settle();
-    await Promise.all(this.#listeners.map((listener) => listener.close()));
+    // Stop accepting first; the comms being served stay open to finish.
+    await Promise.all(this.#listeners.map((listener) => listenerControl.stopAccepting(listener)));
     await Promise.all(this.#acceptLoops);
-    await this.#settle();
+    // Each comm's loop sees the signal, handles what has arrived (running
+    // handlers finish and their replies are written), and closes its comm.
+    if (!await this.#settle(this.#closeTimeout)) {
+      for (const comm of this.#comms) {
+        comm.abort(
+          new CommClosedError(
+            `Server "${this.id}" closed: the comm was still busy after ${this.#closeTimeout} ms`,
+          ),
+        );
+      }
+      if (!await this.#settle(CLOSE_GRACE_MS)) {
+        this.#report(
+          new Error(
+            `Server "${this.id}" closed with handlers still running after ${this.#closeTimeout} ms: they do not stop when their signal aborts`,
+          ),
+        );
+      }
+    }
+    await Promise.all(this.#listeners.map((listener) => listener.close()));
   }
 
   async #serve(comm: Comm): Promise<void> {
     const drain = { until: undefined as number | undefined };
+    this.#comms.add(comm);
     try {
       while (true) {
         const message = await this.#receive(comm, drain);
@@ -361,16 +397,21 @@ export class Server implements AsyncDisposable {
           return;
         }
         const { op, reply = true, close = false, serializers: _, ...args } = message;
+        // As dask: any false value (null included) means no reply.
+        const replying = Boolean(reply);
         if (op === "close") {
-          if (reply !== false) await comm.write("OK");
+          if (replying) await comm.write("OK");
           return;
         }
-        const result = await this.#call(comm, op, args, reply !== false);
-        if (reply !== false) {
+        const result = await this.#call(comm, op, args, replying);
+        if (replying) {
           try {
             await comm.write(result);
           } catch (error) {
-            if (comm.closed || !(error instanceof TypeError)) return;
+            if (comm.closed || !(error instanceof TypeError)) {
+              if (!comm.closed) this.#report(error);
+              return;
+            }
             // The result cannot be encoded: say so rather than leave the
             // caller waiting.
             await comm.write(errorReply(
@@ -380,11 +421,13 @@ export class Server implements AsyncDisposable {
             ));
           }
         }
-        if (close === true || comm.closed) return;
+        // A comm the peer closed may still hold messages it sent before.
+        if (close) return;
       }
     } catch (error) {
       if (!(error instanceof CommClosedError)) this.#report(error);
     } finally {
+      this.#comms.delete(comm);
       await closeWithin(comm, CLOSE_GRACE_MS);
     }
   }
@@ -398,7 +441,8 @@ export class Server implements AsyncDisposable {
       try {
         return await comm.read({ signal: this.#stopping.signal });
       } catch (error) {
-        if (!this.closed || comm.closed) {
+        // Aborted by close(): drain below. Anything else ends the comm.
+        if (error !== this.#stopping.signal.reason) {
           if (error instanceof ProtocolError) this.#report(error);
           return STOP;
         }
@@ -435,7 +479,7 @@ export class Server implements AsyncDisposable {
     if (handler === undefined) {
       const error = new Error(
         `Unknown operation "${op}": server "${this.id}" knows ${
-          [...this.#handlers.keys()].sort().join(", ")
+          [...this.#handlers.keys(), ...RESERVED_OPS].sort().join(", ")
         }`,
       );
       error.name = "UnknownOperationError";
@@ -458,6 +502,7 @@ export class Server implements AsyncDisposable {
 
   async #stream(comm: Comm, extra: Record<string, unknown>): Promise<void> {
     const drain = { until: undefined as number | undefined };
+    this.#comms.add(comm);
     try {
       while (true) {
         const messages = await this.#receive(comm, drain);
@@ -482,6 +527,7 @@ export class Server implements AsyncDisposable {
         }
       }
     } finally {
+      this.#comms.delete(comm);
       await closeWithin(comm, CLOSE_GRACE_MS);
     }
   }
@@ -498,10 +544,19 @@ export class Server implements AsyncDisposable {
       );
       return;
     }
+    // Its own task, so that it may await close() (close() does not wait for
+    // it, nor for the stream it came on).
+    const holder: TaskHolder = { parent: currentTask.getStore() };
     try {
-      const result = handler(message, { op, comm, server: this, signal: this.#stopping.signal });
+      const result = currentTask.run(
+        holder,
+        () => handler(message, { op, comm, server: this, signal: this.#stopping.signal }),
+      );
       if (result instanceof Promise) {
-        this.#spawn(() => result.catch((error) => this.#report(error)));
+        const tracked = result.catch((error) => this.#report(error))
+          .finally(() => this.#tasks.delete(tracked));
+        holder.task = tracked;
+        this.#tasks.add(tracked);
       }
     } catch (error) {
       this.#report(error);
@@ -510,7 +565,7 @@ export class Server implements AsyncDisposable {
 
   /** Runs `start` as a task of the server, which `close()` waits for. */
   #spawn<T>(start: () => Promise<T>): Promise<T> {
-    const holder: { task?: Promise<unknown> } = {};
+    const holder: TaskHolder = { parent: currentTask.getStore() };
     const task = currentTask.run(holder, start);
     const tracked = task.finally(() => this.#tasks.delete(tracked));
     holder.task = tracked;
@@ -518,12 +573,28 @@ export class Server implements AsyncDisposable {
     return tracked;
   }
 
-  /** Waits for the server's tasks, except the one running this code. */
-  async #settle(): Promise<void> {
-    const own = currentTask.getStore()?.task;
-    let others: Promise<unknown>[];
-    while ((others = [...this.#tasks].filter((task) => task !== own)).length > 0) {
-      await Promise.all(others);
+  /**
+   * Waits up to `ms` for the server's tasks, except the one running this
+   * code and those that started it; returns whether they all ended.
+   */
+  async #settle(ms: number): Promise<boolean> {
+    const excluded = new Set<unknown>();
+    for (let holder = currentTask.getStore(); holder; holder = holder.parent) {
+      excluded.add(holder.task);
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<false>((resolve) => {
+      if (ms < MAX_TIMER_MS) timer = setTimeout(() => resolve(false), ms);
+    });
+    try {
+      while (true) {
+        const others = [...this.#tasks].filter((task) => !excluded.has(task));
+        if (others.length === 0) return true;
+        const settled = Promise.allSettled(others).then(() => true);
+        if (!await Promise.race([settled, expired])) return false;
+      }
+    } finally {
+      clearTimeout(timer);
     }
   }
 

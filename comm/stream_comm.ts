@@ -73,7 +73,7 @@ export interface ByteStream {
   close(): void;
 }
 
-/** Options of a {@linkcode StreamComm}. *
+/** Options of a {@linkcode StreamComm}.
  * @example
  * ```ts
  * import { StreamComm, type StreamCommOptions } from "@x/comm";

@@ -5,7 +5,7 @@
  * @module
  */
 
-/** Options for reading one message. *
+/** Options for reading one message.
  * @example Giving up on a read
  * ```ts
  * import { pipe } from "@x/comm";
@@ -185,7 +185,7 @@ export interface Listener extends AsyncIterable<Comm>, AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** A function that serves one incoming comm. *
+/** A function that serves one incoming comm.
  * @example
  * ```ts
  * import { type CommHandler, connect, listen } from "@x/comm";
@@ -202,7 +202,7 @@ export interface Listener extends AsyncIterable<Comm>, AsyncDisposable {
  */
 export type CommHandler = (comm: Comm) => void | Promise<void>;
 
-/** Options of a comm, for both `connect()` and `listen()`. *
+/** Options of a comm, for both `connect()` and `listen()`.
  * @example
  * ```ts
  * import { CommClosedError, connect, listen } from "@x/comm";
@@ -362,7 +362,7 @@ export interface TlsOptions {
   key?: string;
 }
 
-/** Options for `connect()`. *
+/** Options for `connect()`.
  * @example
  * ```ts
  * import { connect, listen } from "@x/comm";
@@ -390,7 +390,7 @@ export interface ConnectOptions extends CommOptions, TlsOptions, AuthOptions {
   signal?: AbortSignal;
 }
 
-/** Options for `listen()`. *
+/** Options for `listen()`.
  * @example Collecting handler errors
  * ```ts
  * import { CommClosedError, connect, listen } from "@x/comm";

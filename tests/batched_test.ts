@@ -429,3 +429,17 @@ Deno.test("BatchedSend closes with `await using`", async () => {
   assertEquals(await readBatches(b), [[1, 2], [3]]);
   await b.close();
 });
+
+Deno.test("BatchedSend.close() gives up after closeTimeout when the peer does not read", async () => {
+  const [a, b] = pipe({ highWaterMark: 1 });
+  const batched = new BatchedSend(a, { interval: 0, closeTimeout: 100 });
+  // b reads nothing, so the second write waits for room that never comes.
+  for (let i = 0; i < 4; i++) {
+    batched.send(i);
+    await delay(1);
+  }
+  const error = await assertRejects(() => batched.close(), CommClosedError, "were not written");
+  assertStringIncludes(error.message, "100 ms");
+  assert(a.closed);
+  await b.close();
+});

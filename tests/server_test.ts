@@ -311,7 +311,7 @@ Deno.test("Server replies to an unknown op with an error naming it and the known
   assertEquals(error.remoteName, "UnknownOperationError");
   assertStringIncludes(error.remoteMessage, '"nope"');
   assertStringIncludes(error.remoteMessage, server.id);
-  assertStringIncludes(error.remoteMessage, "add, connection_stream, echo, identity, ping");
+  assertStringIncludes(error.remoteMessage, "add, close, connection_stream, echo, identity, ping");
   // The comm stays usable.
   assertEquals(await sendRecv(comm, { op: "ping" }), "pong");
 });
@@ -911,4 +911,101 @@ Deno.test("Server replies with an error for a thrown value that cannot become a 
   assertEquals(error.remoteName, "Error");
   assertEquals(error.remoteMessage, "[object Object]");
   assertEquals(await sendRecv(comm, { op: "echo", data: 1 }), 1);
+});
+
+Deno.test("Server handles every message a peer sent before closing its end", async () => {
+  for (const address of ["inproc://", "tcp://127.0.0.1:0"]) {
+    const seen: number[] = [];
+    await using server = new Server({ note: ({ n }) => void seen.push(n) });
+    await server.listen(address);
+    const comm = await connect(server.address);
+    for (let n = 0; n < 5; n++) await comm.write({ op: "note", n, reply: false });
+    await comm.close();
+    await until(() => seen.length === 5, `the server to handle all five notes over ${address}`);
+    assertEquals(seen, [0, 1, 2, 3, 4]);
+  }
+});
+
+Deno.test("Server treats any false reply (null included) as no reply, as dask does", async () => {
+  const seen: unknown[] = [];
+  await using server = new Server({ note: ({ n }) => void seen.push(n) });
+  await server.listen("tcp://127.0.0.1:0");
+  await using comm = await connect(server.address);
+  await comm.write({ op: "note", n: 1, reply: null });
+  await comm.write({ op: "note", n: 2, reply: 0 });
+  // The next reply is the echo's: nothing was written for the notes.
+  assertEquals(await sendRecv(comm, { op: "echo", data: "next" }), "next");
+  assertEquals(seen, [1, 2]);
+});
+
+Deno.test("Server.close() stops accepting before it waits for running handlers", async () => {
+  const release = Promise.withResolvers<void>();
+  const started = Promise.withResolvers<void>();
+  await using server = new Server({
+    hold: async () => {
+      started.resolve();
+      await release.promise;
+      return "held";
+    },
+  });
+  await server.listen("tcp://127.0.0.1:0");
+  await using comm = await connect(server.address);
+  await comm.write({ op: "hold" });
+  await within(started.promise, "the handler to start");
+  const closing = server.close();
+  // Nothing listens any more, although a handler still runs.
+  await assertRejects(() => connect(server.address, { timeout: 200 }), ConnectTimeoutError);
+  release.resolve();
+  assertEquals(await comm.read(), "held");
+  await within(closing, "close()");
+});
+
+Deno.test("Server.close() aborts comms still busy after closeTimeout and reports handlers that ignore their signal", async () => {
+  const log = errorLog();
+  const release = Promise.withResolvers<void>();
+  const server = new Server({
+    stubborn: async () => {
+      await release.promise;
+      return "late";
+    },
+  }, { closeTimeout: 100, onError: log.onError });
+  await server.listen("tcp://127.0.0.1:0");
+  const comm = await connect(server.address);
+  await comm.write({ op: "stubborn" });
+  await delay(20);
+  await within(server.close(), "close() past its closeTimeout");
+  await assertRejects(() => comm.read(), CommClosedError);
+  assertEquals(log.errors.length, 1);
+  assertStringIncludes((log.errors[0] as Error).message, "handlers still running");
+  release.resolve();
+  await comm.close();
+  await delay(10);
+});
+
+Deno.test("Server.close() does not hang on a peer that stops reading replies", async () => {
+  const big = new Uint8Array(16 * 1024 * 1024);
+  const server = new Server({ big: () => big }, { closeTimeout: 300, onError: () => {} });
+  await server.listen("tcp://127.0.0.1:0");
+  const comm = await connect(server.address);
+  for (let i = 0; i < 16; i++) await comm.write({ op: "big" });
+  await delay(50);
+  await within(server.close(), "close() with replies the peer does not read");
+  comm.abort();
+  await comm.close();
+});
+
+Deno.test("Server.close() awaited by a stream handler does not wait for it", async () => {
+  const server = new Server({}, {
+    streamHandlers: {
+      shutdown: async (_message, { server }) => {
+        await server.close();
+      },
+    },
+  });
+  await server.listen("tcp://127.0.0.1:0");
+  await using comm = await connect(server.address);
+  await comm.write({ op: "connection_stream", reply: false });
+  await comm.write([{ op: "shutdown" }]);
+  await until(() => server.closed, "the stream handler to call close()");
+  await within(server.close(), "close() awaited by a stream handler");
 });
