@@ -83,6 +83,9 @@ export type Handler = (args: any, context: HandlerContext) => unknown;
  * const batched = new BatchedSend(comm);
  * batched.send({ op: "record", n: 1 }, { op: "record", n: 2 });
  * await batched.close();
+ * // Closing the server handles what arrived before.
+ * await server.close();
+ * assertEquals(seen, [1, 2]);
  * ```
  */
 // deno-lint-ignore no-explicit-any
