@@ -499,6 +499,17 @@ for (const row of rows) {
     row.pass = row.ours / row.dask >= row.daskTarget;
   }
 }
+// One caller across processes waits for the loopback round trip between two
+// processes each call; raw Deno's ping-pong over it is the ceiling.
+const oneCaller = rows.find((row) => row.key === "RPC-1-2proc");
+const pingPong = rows.find((row) => row.key === "W1-2proc");
+if (oneCaller?.dask !== undefined && pingPong?.raw !== undefined) {
+  oneCaller.note = `ceiling: raw Deno ping-pong between two processes in this run, ${
+    format(pingPong.raw)
+  } round trips/s, is ${(pingPong.raw / oneCaller.dask).toFixed(1)}x dask; ours is ${
+    (oneCaller.ours / pingPong.raw).toFixed(2)
+  }x that`;
+}
 
 function format(n: number): string {
   return n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(2);
