@@ -128,6 +128,13 @@ export function checkFraming(value: unknown): "dask" | "multiprocessing" {
   );
 }
 
+/**
+ * How long closing a comm may take to flush what is queued before it is
+ * aborted, wherever the library closes comms on its own (listeners, servers,
+ * pools, batched streams).
+ */
+export const CLOSE_GRACE_MS = 2_000;
+
 /** Closes `comm`, aborting it if flushing takes longer than `ms`. */
 export async function closeWithin(comm: Comm, ms: number): Promise<void> {
   const timer = setTimeout(
@@ -141,4 +148,25 @@ export async function closeWithin(comm: Comm, ms: number): Promise<void> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Hands `error` to `onError`, or prints it with `label` when there is no
+ * callback or the callback throws: errors with no caller must not vanish,
+ * nor become unhandled rejections.
+ */
+export function reportError(
+  onError: ((error: unknown) => void) | undefined,
+  label: string,
+  error: unknown,
+): void {
+  if (onError) {
+    try {
+      onError(error);
+      return;
+    } catch (failure) {
+      console.error(`${label}: onError threw:`, failure);
+    }
+  }
+  console.error(`${label}:`, error);
 }

@@ -6,7 +6,15 @@
  */
 
 import { CommClosedError } from "./errors.ts";
-import { checkDuration, closeWithin, describe, MAX_TIMER_MS, messageOf } from "./_util.ts";
+import {
+  checkDuration,
+  CLOSE_GRACE_MS,
+  closeWithin,
+  describe,
+  MAX_TIMER_MS,
+  messageOf,
+  reportError,
+} from "./_util.ts";
 import type { Comm } from "./types.ts";
 
 /** Options for a {@linkcode BatchedSend}.
@@ -52,7 +60,6 @@ export interface BatchedSendOptions {
 
 const DEFAULT_INTERVAL = 2;
 const DEFAULT_CLOSE_TIMEOUT = 10_000;
-const CLOSE_GRACE_MS = 2_000;
 
 /**
  * Batches messages onto a comm, as dask's `BatchedSend`: `send()` queues
@@ -317,14 +324,6 @@ export class BatchedSend implements AsyncDisposable {
   }
 
   #report(error: unknown): void {
-    if (this.#onError) {
-      try {
-        this.#onError(error);
-        return;
-      } catch (failure) {
-        console.error("BatchedSend: onError threw:", failure);
-      }
-    }
-    console.error("BatchedSend:", error);
+    reportError(this.#onError, "BatchedSend", error);
   }
 }

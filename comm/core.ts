@@ -14,11 +14,13 @@ import {
   checkDuration,
   checkFraming,
   checkSize,
+  CLOSE_GRACE_MS,
   closeWithin,
   type Deferred,
   deferred,
   describe,
   messageOf,
+  reportError,
   timeoutSignal,
 } from "./_util.ts";
 import { authenticate, authkeyBytes } from "../auth/challenge.ts";
@@ -73,7 +75,6 @@ const MAX_READY = 128;
 /** Pause after an accept error (such as running out of descriptors). */
 const ACCEPT_RETRY_MS = 100;
 /** How long closing a listener lets each comm flush before aborting it. */
-const LISTENER_CLOSE_GRACE_MS = 2_000;
 
 /**
  * Opens a comm to `address` and does dask's handshake.
@@ -515,12 +516,12 @@ class CommListener implements Listener {
         if (!(this.#closed && error instanceof CommClosedError)) this.#report(error);
       } finally {
         this.#comms.delete(comm);
-        await closeWithin(comm, LISTENER_CLOSE_GRACE_MS);
+        await closeWithin(comm, CLOSE_GRACE_MS);
       }
       return;
     }
     if (this.#closed) {
-      await closeWithin(comm, LISTENER_CLOSE_GRACE_MS);
+      await closeWithin(comm, CLOSE_GRACE_MS);
       return;
     }
     const waiter = this.#waiters.shift();
@@ -529,16 +530,7 @@ class CommListener implements Listener {
   }
 
   #report(error: unknown): void {
-    if (this.#onError) {
-      try {
-        this.#onError(error);
-        return;
-      } catch (failure) {
-        // A throwing callback must not become an unhandled rejection.
-        console.error(`Listener on "${this.listenAddress}": onError threw:`, failure);
-      }
-    }
-    console.error(`Listener on "${this.listenAddress}":`, error);
+    reportError(this.#onError, `Listener on "${this.listenAddress}"`, error);
   }
 
   static {
@@ -557,7 +549,7 @@ class CommListener implements Listener {
       }
       // Comms accepted but never handed out have no one else to close them.
       await Promise.all(
-        this.#ready.drain().map((comm) => closeWithin(comm, LISTENER_CLOSE_GRACE_MS)),
+        this.#ready.drain().map((comm) => closeWithin(comm, CLOSE_GRACE_MS)),
       );
     })();
   }
@@ -565,7 +557,7 @@ class CommListener implements Listener {
   async #close(): Promise<void> {
     await this.#stop();
     await Promise.all(
-      [...this.#comms].map((comm) => closeWithin(comm, LISTENER_CLOSE_GRACE_MS)),
+      [...this.#comms].map((comm) => closeWithin(comm, CLOSE_GRACE_MS)),
     );
     this.#comms.clear();
     await Promise.all(this.#tasks);

@@ -16,6 +16,7 @@ import { callMessage, callOn, callTimer, rpcProxy } from "./_call.ts";
 import { Queue } from "./_queue.ts";
 import {
   checkDuration,
+  CLOSE_GRACE_MS,
   closeWithin,
   type Deferred,
   deferred,
@@ -98,7 +99,6 @@ interface Waiter {
 
 const DEFAULT_LIMIT = 512;
 const DEFAULT_TIMEOUT = 10_000;
-const CLOSE_GRACE_MS = 2_000;
 
 /**
  * A pool of comms to many addresses, reused between calls, as dask's

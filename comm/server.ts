@@ -9,7 +9,15 @@ import { AsyncLocalStorage } from "node:async_hooks";
 import { listen } from "./core.ts";
 import { CommClosedError, ProtocolError } from "./errors.ts";
 import { errorReply } from "./_error_reply.ts";
-import { checkDuration, closeWithin, describe, MAX_TIMER_MS, messageOf } from "./_util.ts";
+import {
+  checkDuration,
+  CLOSE_GRACE_MS,
+  closeWithin,
+  describe,
+  MAX_TIMER_MS,
+  messageOf,
+  reportError,
+} from "./_util.ts";
 import { listenerControl } from "./_listener_control.ts";
 import type { Comm, Listener, ListenOptions } from "./types.ts";
 
@@ -129,7 +137,6 @@ export interface ServerOptions {
   closeTimeout?: number;
 }
 
-const CLOSE_GRACE_MS = 2_000;
 const DEFAULT_CLOSE_TIMEOUT = 10_000;
 // When the server closes, each comm is read on until it has been quiet this
 // long (or CLOSE_GRACE_MS has passed), so that what its peer sent before is
@@ -606,15 +613,7 @@ export class Server implements AsyncDisposable {
   }
 
   #report(error: unknown): void {
-    if (this.#onError) {
-      try {
-        this.#onError(error);
-        return;
-      } catch (failure) {
-        console.error(`Server "${this.id}": onError threw:`, failure);
-      }
-    }
-    console.error(`Server "${this.id}":`, error);
+    reportError(this.#onError, `Server "${this.id}"`, error);
   }
 }
 

@@ -23,6 +23,7 @@ import {
   pipe,
   Server,
 } from "@x/comm";
+import { until } from "./_wait.ts";
 
 /** Two connected comms, `a` to write on and `b` to read from. */
 interface Pair extends AsyncDisposable {
@@ -62,15 +63,6 @@ const TRANSPORTS: [string, () => Promise<Pair>][] = [
   ["an inproc pipe()", inprocPair],
   ["tcp", tcpPair],
 ];
-
-/** Waits until `condition()` holds, polling, for at most `ms`. */
-async function until(condition: () => boolean, what: string, ms = 5_000): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting until ${what}`);
-    await delay(1);
-  }
-}
 
 /** Reads list messages until the comm closes. */
 async function readBatches(comm: Comm): Promise<unknown[][]> {

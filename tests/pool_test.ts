@@ -27,15 +27,7 @@ import {
   RemoteError,
   Server,
 } from "@x/comm";
-
-/** Waits until `condition()` holds, polling, for at most `ms`. */
-async function until(condition: () => boolean, what: string, ms = 5_000): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting until ${what}`);
-    await delay(1);
-  }
-}
+import { until } from "./_wait.ts";
 
 /** Comms alive on the server side, and the most alive at once. */
 interface Gauge {

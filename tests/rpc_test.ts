@@ -31,33 +31,8 @@ import {
 } from "../mod.ts";
 import { isErrorReply, parseErrorReply, pythonRepr, pythonUnrepr } from "../comm/_error_reply.ts";
 
-/** Fails a case that hangs; it does not judge speed. */
-const HANG_GUARD_MS = 10_000;
-
 /** A call timeout short enough to run out while a handler waits. */
 const SHORT_MS = 30;
-
-/** Rejects if `promise` takes over `ms`; clears its timer either way. */
-async function within<T>(promise: Promise<T>, what: string, ms = HANG_GUARD_MS): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Waits until `condition()` holds, checking every few ms, for at most `ms`. */
-async function until(condition: () => boolean, what: string, ms = HANG_GUARD_MS): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await delay(5);
-  }
-}
 
 /** A handler that answers only once the server closes (it aborts the signal). */
 const untilServerCloses = (_args: unknown, { signal }: HandlerContext) =>
@@ -839,6 +814,7 @@ for item in json.load(sys.stdin):
                 isinstance(exc, Exception)])
 print(json.dumps(out))
 `;
+import { HANG_GUARD_MS, until, within } from "./_wait.ts";
 
 Deno.test({
   name: "Server's error reply unpickles in Python as the builtin exception, repr and all",

@@ -27,31 +27,7 @@ import {
   Server,
   type StreamHandler,
 } from "../mod.ts";
-
-/** Fails a case that hangs; it does not judge speed. */
-const HANG_GUARD_MS = 10_000;
-
-/** Rejects if `promise` takes over `ms`; clears its timer either way. */
-async function within<T>(promise: Promise<T>, what: string, ms = HANG_GUARD_MS): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Waits until `condition()` holds, checking every few ms, for at most `ms`. */
-async function until(condition: () => boolean, what: string, ms = HANG_GUARD_MS): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await delay(5);
-  }
-}
+import { until, within } from "./_wait.ts";
 
 /** Collects what a server reports to `onError`. */
 function errorLog() {
