@@ -27,7 +27,6 @@ Every mode gives up after TIMEOUT seconds (exit 2), so it never hangs a test.
 import asyncio
 import hashlib
 import json
-import os
 import random
 import sys
 import traceback
@@ -36,6 +35,8 @@ import distributed.comm.tcp
 from distributed.comm import CommClosedError, connect, listen
 from distributed.protocol import to_serialize
 from distributed.protocol.serialize import Serialized, ToPickle
+
+from _stdin_watch import watch_stdin
 
 TIMEOUT = 60
 LARGE = 64 * 1024
@@ -131,25 +132,6 @@ def generate(size, seed):
     }
 
 
-async def watch_stdin(done):
-    """Sets `done` when stdin reaches end of file."""
-    loop = asyncio.get_running_loop()
-
-    def on_readable():
-        try:
-            data = os.read(0, 65536)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
-            done.set()
-
-    try:
-        loop.add_reader(0, on_readable)
-    except (OSError, ValueError, NotImplementedError) as error:
-        log("cannot watch stdin:", error)
-
-
 async def run_listen():
     done = asyncio.Event()
     failures = []
@@ -184,7 +166,7 @@ async def run_listen():
     await listener.start()
     try:
         print(listener.contact_address, flush=True)
-        await watch_stdin(done)
+        watch_stdin(done, "dask_peer")
         await done.wait()
     finally:
         listener.stop()

@@ -48,12 +48,13 @@ dask's own logging goes to stderr.
 import asyncio
 import base64
 import json
-import os
 import signal
 import sys
 import traceback
 
 from distributed.core import ConnectionPool, Server, rpc
+
+from _stdin_watch import watch_stdin
 
 TIMEOUT = 60
 
@@ -148,19 +149,7 @@ async def run_serve():
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
 
-    def on_stdin():
-        try:
-            data = os.read(0, 65536)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
-            done.set()
-
-    try:
-        loop.add_reader(0, on_stdin)
-    except (OSError, ValueError, NotImplementedError) as error:
-        log("cannot watch stdin:", error)
+    watch_stdin(done, "dask_rpc_peer")
 
     try:
         print("ADDRESS", server.address, flush=True)
