@@ -1,0 +1,147 @@
+// The datagram transport over `Deno.listenDatagram`, which Deno offers only
+// with `--unstable-net` (or `"unstable": ["net"]`). Only siblings import this.
+
+import { Inbox, type RawDatagram, type Transport, type TransportOptions } from "./_transport.ts";
+
+// The part of Deno's unstable UDP API used here, declared locally so that
+// type checking does not need the unstable flag.
+interface UdpAddr {
+  transport: "udp";
+  hostname: string;
+  port: number;
+}
+interface MulticastMembership {
+  leave(): Promise<void>;
+}
+interface DenoDatagramConn {
+  readonly addr: UdpAddr;
+  receive(buffer?: Uint8Array): Promise<[Uint8Array, UdpAddr]>;
+  send(data: Uint8Array, to: UdpAddr): Promise<number>;
+  joinMulticastV4(group: string, networkInterface: string): Promise<MulticastMembership>;
+  close(): void;
+}
+type ListenDatagram = (options: {
+  transport: "udp";
+  hostname: string;
+  port: number;
+  reuseAddress?: boolean;
+}) => DenoDatagramConn;
+
+/** Receives are read into one buffer this large, then copied out. */
+const RECEIVE_BUFFER_BYTES = 65_536;
+
+/** Deno's `listenDatagram`, or undefined where the runtime does not offer it. */
+export function denoListenDatagram(): ListenDatagram | undefined {
+  const listen = (Deno as unknown as { listenDatagram?: ListenDatagram }).listenDatagram;
+  return typeof listen === "function" ? listen : undefined;
+}
+
+/**
+ * Why the Deno transport cannot honour these options, or undefined if it can.
+ * Deno turns `SO_BROADCAST` on for every UDP socket and offers no multicast
+ * interface, TTL or loopback setting on a socket that has not joined a group.
+ */
+export function denoUnsupported(
+  options: TransportOptions,
+  broadcastsKnown: boolean,
+): string | undefined {
+  if (options.family === 4 && !options.broadcast && !broadcastsKnown) {
+    return "it cannot refuse broadcasts without reading the network interfaces " +
+      "(grant --allow-sys=networkInterfaces, or bind with { broadcast: true })";
+  }
+  if (
+    options.multicastInterface !== undefined && options.multicastInterface !== options.hostname
+  ) {
+    return "it cannot choose the multicast interface of a socket bound to another address " +
+      `(bind to ${options.multicastInterface} itself)`;
+  }
+  if (options.multicastTTL !== undefined && options.multicastTTL !== 1) {
+    return "it cannot set the multicast TTL";
+  }
+  if (options.multicastLoopback === false) {
+    return "it cannot turn multicast loopback off";
+  }
+  return undefined;
+}
+
+/** Binds a socket with `Deno.listenDatagram`; throws the runtime's error. */
+export function bindDeno(listen: ListenDatagram, options: TransportOptions): Transport {
+  const conn = listen({
+    transport: "udp",
+    hostname: options.hostname,
+    port: options.port,
+    reuseAddress: options.reuseAddress,
+  });
+  return new DenoTransport(conn);
+}
+
+class DenoTransport implements Transport {
+  readonly implementation = "deno";
+  readonly hostname: string;
+  readonly port: number;
+  readonly dropped = 0;
+  #conn: DenoDatagramConn;
+  #inbox: Inbox;
+  #buffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
+  #reading = false;
+  #closed = false;
+  #memberships = new Map<string, MulticastMembership>();
+
+  constructor(conn: DenoDatagramConn) {
+    this.#conn = conn;
+    this.hostname = conn.addr.hostname;
+    this.port = conn.addr.port;
+    this.#inbox = new Inbox(RECEIVE_BUFFER_BYTES, () => this.#read());
+  }
+
+  async send(data: Uint8Array, hostname: string, port: number): Promise<void> {
+    await this.#conn.send(data, { transport: "udp", hostname, port });
+  }
+
+  receive(signal?: AbortSignal): Promise<RawDatagram> {
+    return this.#inbox.take(signal);
+  }
+
+  /**
+   * Reads while somebody waits. A read cannot be cancelled, so a datagram
+   * whose receiver gave up stays in the inbox for the next one.
+   */
+  async #read(): Promise<void> {
+    if (this.#reading) return;
+    this.#reading = true;
+    try {
+      while (this.#inbox.wanted) {
+        const [view, from] = await this.#conn.receive(this.#buffer);
+        this.#inbox.deliver({ data: view.slice(), hostname: from.hostname, port: from.port });
+      }
+    } catch (error) {
+      if (!this.#closed) {
+        this.#inbox.fail(new Error(`Receiving failed: ${error}`, { cause: error }));
+      }
+    } finally {
+      this.#reading = false;
+    }
+  }
+
+  async join(group: string, networkInterface: string): Promise<void> {
+    const key = `${group}%${networkInterface}`;
+    this.#memberships.set(key, await this.#conn.joinMulticastV4(group, networkInterface));
+  }
+
+  async leave(group: string, networkInterface: string): Promise<void> {
+    const key = `${group}%${networkInterface}`;
+    const membership = this.#memberships.get(key);
+    this.#memberships.delete(key);
+    await membership?.leave();
+  }
+
+  close(reason: Error): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#inbox.fail(reason);
+      this.#memberships.clear();
+      this.#conn.close();
+    }
+    return Promise.resolve();
+  }
+}

@@ -1,0 +1,130 @@
+// The datagram transport over `node:dgram`, which Deno offers without any
+// unstable flag. Only siblings import this file.
+
+import dgram from "node:dgram";
+import { Inbox, type RawDatagram, type Transport, type TransportOptions } from "./_transport.ts";
+
+/** Node's socket errors name their cause in `code`. */
+interface NodeError extends Error {
+  code?: string;
+}
+
+/** Binds a socket with `node:dgram`; rejects with a `Deno.errors` class where one fits. */
+export async function bindNode(options: TransportOptions): Promise<Transport> {
+  const socket = dgram.createSocket({
+    type: options.family === 6 ? "udp6" : "udp4",
+    reuseAddr: options.reuseAddress,
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      socket.once("error", reject);
+      socket.bind({ port: options.port, address: options.hostname, exclusive: true }, () => {
+        socket.off("error", reject);
+        resolve();
+      });
+    });
+    if (options.broadcast) socket.setBroadcast(true);
+    if (options.multicastInterface !== undefined) {
+      socket.setMulticastInterface(options.multicastInterface);
+    }
+    if (options.multicastTTL !== undefined) socket.setMulticastTTL(options.multicastTTL);
+    if (options.multicastLoopback !== undefined) {
+      socket.setMulticastLoopback(options.multicastLoopback);
+    }
+  } catch (error) {
+    await closeQuietly(socket);
+    throw denoError(error as NodeError);
+  }
+  return new NodeTransport(socket, options.maxQueuedBytes);
+}
+
+class NodeTransport implements Transport {
+  readonly implementation = "node";
+  readonly hostname: string;
+  readonly port: number;
+  #socket: dgram.Socket;
+  #inbox: Inbox;
+  #closing: Promise<void> | undefined;
+
+  constructor(socket: dgram.Socket, maxQueuedBytes: number) {
+    this.#socket = socket;
+    const { address, port } = socket.address();
+    this.hostname = address;
+    this.port = port;
+    this.#inbox = new Inbox(maxQueuedBytes);
+    socket.on("message", (message: Uint8Array, from: dgram.RemoteInfo) => {
+      this.#inbox.deliver({ data: owned(message), hostname: from.address, port: from.port });
+    });
+    socket.on("error", (error: Error) => {
+      this.#inbox.fail(new Error(`Receiving failed: ${error.message}`, { cause: error }));
+    });
+  }
+
+  get dropped(): number {
+    return this.#inbox.dropped;
+  }
+
+  send(data: Uint8Array, hostname: string, port: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#socket.send(data, port, hostname, (error) => error ? reject(error) : resolve());
+    });
+  }
+
+  receive(signal?: AbortSignal): Promise<RawDatagram> {
+    return this.#inbox.take(signal);
+  }
+
+  join(group: string, networkInterface: string): Promise<void> {
+    this.#socket.addMembership(group, networkInterface);
+    return Promise.resolve();
+  }
+
+  leave(group: string, networkInterface: string): Promise<void> {
+    this.#socket.dropMembership(group, networkInterface);
+    return Promise.resolve();
+  }
+
+  close(reason: Error): Promise<void> {
+    if (!this.#closing) {
+      this.#inbox.fail(reason);
+      this.#closing = closeQuietly(this.#socket);
+    }
+    return this.#closing;
+  }
+}
+
+/**
+ * Node hands each datagram over as a view of a 64 KiB buffer; a copy keeps a
+ * small datagram from holding on to all of it.
+ */
+function owned(message: Uint8Array): Uint8Array {
+  if (message.buffer.byteLength === message.byteLength) {
+    return new Uint8Array(message.buffer, message.byteOffset, message.byteLength);
+  }
+  return new Uint8Array(message);
+}
+
+function closeQuietly(socket: dgram.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    try {
+      socket.close(() => resolve());
+    } catch {
+      resolve(); // Already closed.
+    }
+  });
+}
+
+/** Node's bind errors as the `Deno.errors` class that `Deno.listenDatagram` would throw. */
+function denoError(error: NodeError): Error {
+  const options = { cause: error };
+  switch (error.code) {
+    case "EADDRINUSE":
+      return new Deno.errors.AddrInUse(error.message, options);
+    case "EADDRNOTAVAIL":
+      return new Deno.errors.AddrNotAvailable(error.message, options);
+    case "EACCES":
+      return new Deno.errors.PermissionDenied(error.message, options);
+    default:
+      return error;
+  }
+}

@@ -1,0 +1,123 @@
+// What a datagram socket needs from the runtime, and the inbox both
+// implementations share. Only siblings import this file.
+
+import { type Deferred, deferred } from "../comm/_util.ts";
+import { Queue, waitInLine } from "../comm/_queue.ts";
+
+/** One received datagram, its bytes owned by the receiver. */
+export interface RawDatagram {
+  data: Uint8Array;
+  hostname: string;
+  port: number;
+}
+
+/** The runtime's socket under a `DatagramSocket`. */
+export interface Transport {
+  readonly implementation: "deno" | "node";
+  /** The bound host, as the runtime reports it. */
+  readonly hostname: string;
+  /** The bound port. */
+  readonly port: number;
+  /** Datagrams dropped because the inbox was full. */
+  readonly dropped: number;
+  /** Sends one datagram to an IP literal; rejects with the runtime's error. */
+  send(data: Uint8Array, hostname: string, port: number): Promise<void>;
+  /** The next datagram; a receive abandoned by `signal` loses nothing. */
+  receive(signal?: AbortSignal): Promise<RawDatagram>;
+  join(group: string, networkInterface: string): Promise<void>;
+  leave(group: string, networkInterface: string): Promise<void>;
+  /** Closes the socket; pending and later receives reject with `reason`. */
+  close(reason: Error): Promise<void>;
+}
+
+/** What `bind()` asks of a transport. */
+export interface TransportOptions {
+  hostname: string;
+  port: number;
+  family: 4 | 6;
+  reuseAddress: boolean;
+  broadcast: boolean;
+  multicastInterface?: string;
+  multicastTTL?: number;
+  multicastLoopback?: boolean;
+  maxQueuedBytes: number;
+}
+
+/**
+ * Received datagrams waiting for a `receive()`, and `receive()` calls waiting
+ * for a datagram, each served first come first served.
+ *
+ * A push transport delivers whenever datagrams arrive, and the inbox drops
+ * what would take it past `maxBytes` (as a full kernel buffer would). A pull
+ * transport reads only while `wanted` is true, so at most the one datagram
+ * whose receiver gave up waits here.
+ */
+export class Inbox {
+  #ready = new Queue<RawDatagram>();
+  #readyBytes = 0;
+  #waiters = new Queue<Deferred<RawDatagram>>();
+  #failure: Error | undefined;
+  #maxBytes: number;
+  #onDemand: () => void;
+  dropped = 0;
+
+  constructor(maxBytes: number, onDemand: () => void = () => {}) {
+    this.#maxBytes = maxBytes;
+    this.#onDemand = onDemand;
+  }
+
+  /** Whether a `receive()` is waiting. */
+  get wanted(): boolean {
+    return this.#waiters.length > 0;
+  }
+
+  /** Whether the inbox is closed. */
+  get failed(): boolean {
+    return this.#failure !== undefined;
+  }
+
+  /** Hands a datagram to the first waiter, or queues it. */
+  deliver(datagram: RawDatagram): void {
+    if (this.#failure) return;
+    const waiter = this.#waiters.shift();
+    if (waiter) {
+      waiter.resolve(datagram);
+      return;
+    }
+    const size = datagram.data.byteLength;
+    if (this.#ready.length > 0 && this.#readyBytes + size > this.#maxBytes) {
+      this.dropped++;
+      return;
+    }
+    this.#ready.push(datagram);
+    this.#readyBytes += size;
+  }
+
+  /** The next datagram: a queued one at once, or the next to arrive. */
+  take(signal?: AbortSignal): Promise<RawDatagram> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    const datagram = this.#ready.shift();
+    if (datagram) {
+      this.#readyBytes -= datagram.data.byteLength;
+      return Promise.resolve(datagram);
+    }
+    const waiting = signal ? waitInLine(this.#waiters, signal) : this.#wait();
+    this.#onDemand();
+    return waiting;
+  }
+
+  #wait(): Promise<RawDatagram> {
+    const waiter = deferred<RawDatagram>();
+    this.#waiters.push(waiter);
+    return waiter.promise;
+  }
+
+  /** Closes the inbox: queued datagrams are dropped, waiters reject. */
+  fail(error: Error): void {
+    if (this.#failure) return;
+    this.#failure = error;
+    this.#ready.drain();
+    this.#readyBytes = 0;
+    for (const waiter of this.#waiters.drain()) waiter.reject(error);
+  }
+}

@@ -1,0 +1,956 @@
+/**
+ * UDP sockets: {@linkcode bind} a `udp://host:port` address, then send to and
+ * receive from any other.
+ *
+ * @module
+ */
+
+import { AddressError, CommClosedError } from "../comm/errors.ts";
+import { type Codec, createCodec } from "../comm/_codec.ts";
+import { checkSize, describe, messageOf } from "../comm/_util.ts";
+import {
+  canReadInterfaces,
+  type Endpoint,
+  familyOf,
+  formatUdpAddress,
+  ipv4Octets,
+  isBroadcast,
+  isMulticastV4,
+  parseUdpAddress,
+  resolveHost,
+} from "./_address.ts";
+import { bindDeno, denoListenDatagram, denoUnsupported } from "./_deno.ts";
+import { bindNode } from "./_node.ts";
+import type { RawDatagram, Transport, TransportOptions } from "./_transport.ts";
+import { DatagramDecodeError, DatagramTooLargeError } from "./errors.ts";
+
+/**
+ * The largest payload of one UDP datagram over IPv4: 65,535 bytes less the
+ * 20-byte IP header and the 8-byte UDP header.
+ *
+ * @example
+ * ```ts
+ * import { MAX_DATAGRAM_BYTES } from "@x/comm/datagram";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(MAX_DATAGRAM_BYTES, 65_507);
+ * ```
+ */
+export const MAX_DATAGRAM_BYTES = 65_507;
+
+/**
+ * The largest payload of one UDP datagram over IPv6 (without jumbograms):
+ * 65,535 bytes less the 8-byte UDP header.
+ *
+ * @example
+ * ```ts
+ * import { bind, MAX_DATAGRAM_BYTES_IPV6 } from "@x/comm/datagram";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using socket = await bind("udp://[::1]:0");
+ * assertEquals(socket.maxDatagramBytes, MAX_DATAGRAM_BYTES_IPV6);
+ * ```
+ */
+export const MAX_DATAGRAM_BYTES_IPV6 = 65_527;
+
+/** What `node:dgram` may queue for a socket whose reader falls behind. */
+const DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024;
+/** Parsed destinations kept per socket, so that a hot send loop parses once. */
+const MAX_CACHED_DESTINATIONS = 1024;
+
+/**
+ * Which runtime API carries a socket: Deno's `Deno.listenDatagram` (offered
+ * with `--unstable-net`) or `node:dgram` (always offered).
+ *
+ * @example
+ * ```ts
+ * import { bind, type DatagramImplementation } from "@x/comm/datagram";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const implementation: DatagramImplementation = "node";
+ * await using socket = await bind("udp://127.0.0.1:0", { implementation });
+ * assertEquals(socket.implementation, "node");
+ * ```
+ */
+export type DatagramImplementation = "deno" | "node";
+
+/**
+ * Options for {@linkcode bind}.
+ *
+ * @example A multicast sender on loopback
+ * ```ts
+ * import { bind, type BindOptions } from "@x/comm/datagram";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const options: BindOptions = { multicastInterface: "127.0.0.1", multicastTTL: 1 };
+ * await using socket = await bind("udp://127.0.0.1:0", options);
+ * assertEquals(socket.address.startsWith("udp://127.0.0.1:"), true);
+ * ```
+ */
+export interface BindOptions {
+  /**
+   * Allow sending to broadcast addresses (`255.255.255.255` and the
+   * broadcast address of each interface's network). Without it such a send
+   * throws an `AddressError`. IPv4 only.
+   *
+   * @default {false}
+   */
+  broadcast?: boolean;
+  /**
+   * Let other sockets bind the same address and port (`SO_REUSEADDR`), as
+   * several multicast receivers on one host do.
+   *
+   * @default {false}
+   */
+  reuseAddress?: boolean;
+  /**
+   * The IPv4 address of the interface that multicast datagrams leave by, and
+   * the interface that {@linkcode DatagramSocket.joinMulticast} joins on
+   * unless told otherwise. On loopback, `127.0.0.1`.
+   *
+   * @default {undefined} the system's choice (by the route to the group)
+   */
+  multicastInterface?: string;
+  /**
+   * How many routers a multicast datagram may cross: 0 keeps it on this
+   * host, 1 on the local network.
+   *
+   * @default {1}
+   */
+  multicastTTL?: number;
+  /**
+   * Whether this host's own sockets that joined a group receive what this
+   * socket sends to it.
+   *
+   * @default {true}
+   */
+  multicastLoopback?: boolean;
+  /**
+   * With the `node` implementation, datagrams arrive whether or not anyone
+   * is receiving; this many bytes of them wait for `receive()`, and later
+   * ones are dropped (and counted in {@linkcode DatagramSocket.dropped}), as
+   * the kernel drops them when its buffer is full. The `deno`
+   * implementation reads only when asked, so its datagrams wait in the
+   * kernel's buffer instead.
+   *
+   * @default {4194304} (4 MiB)
+   */
+  maxQueuedBytes?: number;
+  /**
+   * Which runtime API to use. `"auto"` takes `Deno.listenDatagram` where the
+   * runtime offers it (with `--unstable-net`) and the options are ones it
+   * can honour, and `node:dgram` otherwise; both behave the same. Name one
+   * to insist on it: `"deno"` throws where it cannot be used.
+   *
+   * `Deno.listenDatagram` turns broadcast on for every socket, so to refuse
+   * broadcasts (the default) it must know this host's broadcast addresses,
+   * read with `Deno.networkInterfaces()` (`--allow-sys=networkInterfaces`).
+   * It cannot set the multicast interface of a socket bound to another
+   * address, a multicast TTL other than 1, or turn multicast loopback off.
+   *
+   * @default {"auto"}
+   */
+  implementation?: "auto" | DatagramImplementation;
+}
+
+/**
+ * One received datagram.
+ *
+ * @example
+ * ```ts
+ * import { bind, type Datagram } from "@x/comm/datagram";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using socket = await bind("udp://127.0.0.1:0");
+ * await socket.send(new Uint8Array([1, 2, 3]), socket.address);
+ * const datagram: Datagram = await socket.receive();
+ * assertEquals(datagram, { data: new Uint8Array([1, 2, 3]), from: socket.address });
+ * ```
+ */
+export interface Datagram {
+  /** The payload; the receiver owns it. */
+  data: Uint8Array;
+  /** The sender's address, such as `udp://127.0.0.1:5000`: send there to reply. */
+  from: string;
+}
+
+/**
+ * One received message: a datagram decoded from msgpack.
+ *
+ * @example
+ * ```ts
+ * import { bind, type DatagramMessage } from "@x/comm/datagram";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using socket = await bind("udp://127.0.0.1:0");
+ * await socket.sendMessage({ op: "ping" }, socket.address);
+ * const received: DatagramMessage<{ op: string }> = await socket.receiveMessage();
+ * assertEquals(received.message.op, "ping");
+ * ```
+ */
+export interface DatagramMessage<T = unknown> {
+  /** The decoded value. */
+  message: T;
+  /** The sender's address, such as `udp://127.0.0.1:5000`. */
+  from: string;
+}
+
+/**
+ * Options for {@linkcode DatagramSocket.receive} and
+ * {@linkcode DatagramSocket.receiveMessage}.
+ *
+ * @example Waiting at most 50 ms
+ * ```ts
+ * import { bind } from "@x/comm/datagram";
+ * import { assertRejects } from "@std/assert";
+ *
+ * await using socket = await bind("udp://127.0.0.1:0");
+ * const controller = new AbortController();
+ * const timer = setTimeout(() => controller.abort(new Error("nothing came")), 50);
+ * await assertRejects(() => socket.receive({ signal: controller.signal }), Error, "nothing came");
+ * clearTimeout(timer);
+ * ```
+ */
+export interface ReceiveOptions {
+  /**
+   * Stops waiting: the receive rejects with the signal's reason. A datagram
+   * that arrives later waits for the next receive; nothing is lost.
+   */
+  signal?: AbortSignal;
+}
+
+/**
+ * Options for {@linkcode DatagramSocket.messages}.
+ *
+ * @example Skipping garbage
+ * ```ts
+ * import { bind, type DatagramDecodeError } from "@x/comm/datagram";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using socket = await bind("udp://127.0.0.1:0");
+ * await socket.send(new Uint8Array([0xc1]), socket.address);
+ * await socket.sendMessage("hello", socket.address);
+ * const skipped: DatagramDecodeError[] = [];
+ * for await (const { message } of socket.messages({ onInvalid: (e) => skipped.push(e) })) {
+ *   assertEquals(message, "hello");
+ *   break;
+ * }
+ * assertEquals(skipped.length, 1);
+ * ```
+ */
+export interface MessagesOptions extends ReceiveOptions {
+  /**
+   * Called with each datagram that does not decode, which is then skipped.
+   * Without it, such a datagram ends the iteration by throwing a
+   * {@linkcode DatagramDecodeError} (the socket stays open).
+   */
+  onInvalid?: (error: DatagramDecodeError) => void;
+}
+
+/**
+ * Options for {@linkcode DatagramSocket.joinMulticast} and
+ * {@linkcode DatagramSocket.leaveMulticast}.
+ *
+ * @example
+ * ```ts
+ * import { bind, type MulticastOptions } from "@x/comm/datagram";
+ *
+ * const options: MulticastOptions = { interface: "127.0.0.1" };
+ * await using socket = await bind("udp://239.255.42.1:0", { reuseAddress: true });
+ * await socket.joinMulticast("239.255.42.1", options);
+ * await socket.leaveMulticast("239.255.42.1", options);
+ * ```
+ */
+export interface MulticastOptions {
+  /**
+   * The IPv4 address of the interface to join on.
+   *
+   * @default {undefined} the socket's `multicastInterface`, else the address it is bound to, else the system's choice
+   */
+  interface?: string;
+}
+
+/**
+ * Binds a UDP socket to a `udp://host:port` address.
+ *
+ * Port 0 picks a free port ({@linkcode DatagramSocket.address} says which);
+ * `udp://0.0.0.0:0` and `udp://[::]:0` bind every interface. A host name is
+ * resolved first (`localhost` is `127.0.0.1`).
+ *
+ * It works under plain `deno run --allow-net`: see
+ * {@linkcode BindOptions.implementation}.
+ *
+ * @example Sending to yourself
+ * ```ts
+ * import { bind } from "@x/comm/datagram";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using a = await bind("udp://127.0.0.1:0");
+ * await using b = await bind("udp://127.0.0.1:0");
+ * await a.sendMessage({ hello: "b" }, b.address);
+ * const { message, from } = await b.receiveMessage();
+ * assertEquals(message, { hello: "b" });
+ * assertEquals(from, a.address);
+ * ```
+ *
+ * @param address The address to bind, such as `udp://127.0.0.1:0` or
+ * `udp://[::1]:5000`.
+ * @param options Broadcast, multicast and implementation settings.
+ * @returns The bound socket.
+ * @throws {AddressError} If the address is not a `udp://host:port` address
+ * or its host does not resolve.
+ * @throws {TypeError} If an option is invalid, or `implementation: "deno"`
+ * cannot be honoured here.
+ * @throws {Deno.errors.AddrInUse} If another socket holds the address.
+ * @throws {Deno.errors.AddrNotAvailable} If the host is not this machine's.
+ */
+export async function bind(address: string, options: BindOptions = {}): Promise<DatagramSocket> {
+  const endpoint = parseUdpAddress(address, "bind");
+  const settings = checkBindOptions(address, options);
+  const { hostname, family } = endpoint.family === 0
+    ? await resolveHost(endpoint.hostname, 0, address)
+    : endpoint as { hostname: string; family: 4 | 6 };
+  if (family === 6 && settings.broadcast) {
+    throw new TypeError(`Cannot bind "${address}" with broadcast: IPv6 has no broadcast`);
+  }
+  if (family === 6 && settings.multicastInterface !== undefined) {
+    throw new TypeError(
+      `Cannot bind "${address}" with a multicastInterface: only IPv4 multicast is supported`,
+    );
+  }
+  const transportOptions: TransportOptions = {
+    ...settings,
+    hostname,
+    port: endpoint.port,
+    family,
+  };
+
+  const listen = denoListenDatagram();
+  const denoRefusal = listen === undefined
+    ? "Deno.listenDatagram is not offered here (run with --unstable-net)"
+    : denoUnsupported(transportOptions, family === 6 || settings.broadcast || canReadInterfaces());
+  if (options.implementation === "deno" && denoRefusal !== undefined) {
+    throw new TypeError(
+      `Cannot bind "${address}" with implementation "deno": ${denoRefusal}`,
+    );
+  }
+  let transport: Transport;
+  try {
+    transport = listen !== undefined && denoRefusal === undefined &&
+        options.implementation !== "node"
+      ? bindDeno(listen, transportOptions)
+      : await bindNode(transportOptions);
+  } catch (error) {
+    throw withContext(error, `Cannot bind "${address}"`);
+  }
+  return openSocket(transport, family, settings);
+}
+
+// Set by DatagramSocket's static block: only bind() opens sockets.
+let openSocket: (
+  transport: Transport,
+  family: 4 | 6,
+  settings: Settings,
+) => DatagramSocket;
+
+type Settings = Omit<TransportOptions, "hostname" | "port" | "family">;
+
+/**
+ * A bound UDP socket: sends datagrams to any `udp://` address and receives
+ * them from any, each on its own. Create one with {@linkcode bind}.
+ *
+ * Datagrams may be lost, duplicated or reordered on a real network, and are
+ * lost on any host when they arrive faster than they are received. Each
+ * `receive()` gets a different datagram, in the order the calls were made.
+ *
+ * Iterating the socket yields datagrams until it is closed; breaking out of
+ * the loop leaves it open.
+ *
+ * @example Echoing each datagram back to its sender
+ * ```ts
+ * import { bind } from "@x/comm/datagram";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using server = await bind("udp://127.0.0.1:0");
+ * const serving = (async () => {
+ *   for await (const { data, from } of server) await server.send(data, from);
+ * })();
+ *
+ * await using client = await bind("udp://127.0.0.1:0");
+ * await client.send(new TextEncoder().encode("ping"), server.address);
+ * const { data } = await client.receive();
+ * assertEquals(new TextDecoder().decode(data), "ping");
+ *
+ * await server.close();
+ * await serving; // The loop ends when the socket closes.
+ * ```
+ */
+export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable {
+  #transport!: Transport;
+  #family!: 4 | 6;
+  #broadcast!: boolean;
+  #multicastInterface: string | undefined;
+  #address!: string;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+  #destinations = new Map<string, Endpoint>();
+  #memberships = new Set<string>();
+  #codec: Codec | undefined;
+  #lastFrom: RawDatagram | undefined;
+  #lastFromAddress = "";
+
+  static {
+    openSocket = (transport, family, settings) => {
+      const socket = new DatagramSocket();
+      socket.#transport = transport;
+      socket.#family = family;
+      socket.#broadcast = settings.broadcast;
+      socket.#multicastInterface = settings.multicastInterface;
+      socket.#address = formatUdpAddress(transport.hostname, transport.port);
+      return socket;
+    };
+  }
+
+  private constructor() {}
+
+  /** The bound address, such as `udp://127.0.0.1:5000` (the real port when bound to port 0). */
+  get address(): string {
+    return this.#address;
+  }
+
+  /** Which runtime API carries this socket; see {@linkcode BindOptions.implementation}. */
+  get implementation(): DatagramImplementation {
+    return this.#transport.implementation;
+  }
+
+  /** Whether {@linkcode DatagramSocket.close} was called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The largest payload one datagram can carry: 65,507 bytes over IPv4, 65,527 over IPv6. */
+  get maxDatagramBytes(): number {
+    return this.#family === 6 ? MAX_DATAGRAM_BYTES_IPV6 : MAX_DATAGRAM_BYTES;
+  }
+
+  /**
+   * Datagrams this socket dropped because they arrived while its queue was
+   * full ({@linkcode BindOptions.maxQueuedBytes}). Always 0 with the `deno`
+   * implementation, whose excess the kernel drops unseen.
+   */
+  get dropped(): number {
+    return this.#transport.dropped;
+  }
+
+  /**
+   * Sends one datagram. It resolves when the system has taken the bytes,
+   * which says nothing of their arrival; `data` may be reused after that.
+   *
+   * @example
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { assertEquals } from "@std/assert";
+   *
+   * await using socket = await bind("udp://127.0.0.1:0");
+   * await socket.send(new Uint8Array([42]), socket.address);
+   * assertEquals((await socket.receive()).data, new Uint8Array([42]));
+   * ```
+   *
+   * @param data The payload, at most {@linkcode DatagramSocket.maxDatagramBytes}.
+   * @param to The destination, such as `udp://127.0.0.1:5000`.
+   * @throws {DatagramTooLargeError} If `data` does not fit in one datagram.
+   * @throws {AddressError} If `to` is malformed, of the other IP version,
+   * or a broadcast address on a socket bound without `broadcast: true`.
+   * @throws {CommClosedError} If the socket is closed.
+   */
+  async send(data: Uint8Array, to: string): Promise<void> {
+    if (!(data instanceof Uint8Array)) {
+      throw new TypeError(`Cannot send ${describe(data)}: expected a Uint8Array`);
+    }
+    if (data.byteLength > this.maxDatagramBytes) {
+      throw this.#tooLarge(data.byteLength, to, "");
+    }
+    await this.#send(data, to);
+  }
+
+  /**
+   * Receives the next datagram, waiting until one arrives.
+   *
+   * @example
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { assertEquals } from "@std/assert";
+   *
+   * await using a = await bind("udp://127.0.0.1:0");
+   * await using b = await bind("udp://127.0.0.1:0");
+   * await a.send(new Uint8Array([7]), b.address);
+   * const { data, from } = await b.receive();
+   * assertEquals([data, from], [new Uint8Array([7]), a.address]);
+   * ```
+   *
+   * @param options A signal to stop waiting.
+   * @returns The datagram and its sender's address.
+   * @throws {CommClosedError} If the socket is or becomes closed.
+   */
+  async receive(options: ReceiveOptions = {}): Promise<Datagram> {
+    if (this.#closed) throw this.#closedError("receive");
+    const raw = await this.#transport.receive(options.signal);
+    return { data: raw.data, from: this.#from(raw) };
+  }
+
+  /**
+   * Sends one value, encoded as msgpack, as one datagram. It takes what
+   * `Comm.write()` takes, except binaries too large for one datagram.
+   *
+   * @example
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { assertEquals } from "@std/assert";
+   *
+   * await using socket = await bind("udp://127.0.0.1:0");
+   * await socket.sendMessage({ op: "heartbeat", load: [0.5, 0.25] }, socket.address);
+   * assertEquals((await socket.receiveMessage()).message, { op: "heartbeat", load: [0.5, 0.25] });
+   * ```
+   *
+   * @param message The value to send.
+   * @param to The destination, such as `udp://127.0.0.1:5000`.
+   * @throws {DatagramTooLargeError} If the encoded message does not fit in
+   * one datagram.
+   * @throws {AddressError} As {@linkcode DatagramSocket.send}.
+   * @throws {CommClosedError} If the socket is closed.
+   */
+  async sendMessage(message: unknown, to: string): Promise<void> {
+    this.#codec ??= createCodec({ binaryFrameThreshold: Infinity });
+    const frames = this.#codec.encode(message);
+    if (frames.length !== 1) {
+      throw new TypeError(
+        `Cannot send a message holding Serialized payloads as a datagram: they need frames of their own`,
+      );
+    }
+    const size = frames[0].byteLength;
+    if (size > this.maxDatagramBytes) throw this.#tooLarge(size, to, "message encoded to ");
+    await this.#send(this.#codec.firstFrameShared ? frames[0].slice() : frames[0], to);
+  }
+
+  /**
+   * Receives the next datagram and decodes it as one msgpack value.
+   *
+   * A datagram that does not decode rejects this call with a
+   * {@linkcode DatagramDecodeError}; the socket keeps working.
+   *
+   * @example
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { assertEquals } from "@std/assert";
+   *
+   * await using socket = await bind("udp://127.0.0.1:0");
+   * await socket.sendMessage([1, "two", null], socket.address);
+   * assertEquals((await socket.receiveMessage()).message, [1, "two", null]);
+   * ```
+   *
+   * @param options A signal to stop waiting.
+   * @returns The message and its sender's address.
+   * @throws {DatagramDecodeError} If the datagram is not one msgpack value.
+   * @throws {CommClosedError} If the socket is or becomes closed.
+   */
+  async receiveMessage<T = unknown>(options: ReceiveOptions = {}): Promise<DatagramMessage<T>> {
+    return this.#decode<T>(await this.receive(options));
+  }
+
+  /**
+   * Iterates over received messages until the socket closes. Breaking out of
+   * the loop leaves the socket open.
+   *
+   * @example
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { assertEquals } from "@std/assert";
+   *
+   * await using socket = await bind("udp://127.0.0.1:0");
+   * for (const n of [1, 2, 3]) await socket.sendMessage(n, socket.address);
+   * const seen: unknown[] = [];
+   * for await (const { message } of socket.messages()) {
+   *   seen.push(message);
+   *   if (seen.length === 3) break;
+   * }
+   * assertEquals(seen, [1, 2, 3]);
+   * ```
+   *
+   * @param options A signal to stop waiting, and what to do with datagrams
+   * that do not decode.
+   * @returns The messages, each with its sender's address.
+   * @throws {DatagramDecodeError} For a datagram that does not decode, unless
+   * `onInvalid` is given.
+   */
+  async *messages<T = unknown>(
+    options: MessagesOptions = {},
+  ): AsyncIterableIterator<DatagramMessage<T>> {
+    const { onInvalid } = options;
+    for await (const datagram of this.#datagrams(options)) {
+      let message: DatagramMessage<T>;
+      try {
+        message = this.#decode<T>(datagram);
+      } catch (error) {
+        if (onInvalid === undefined || !(error instanceof DatagramDecodeError)) throw error;
+        onInvalid(error);
+        continue;
+      }
+      yield message;
+    }
+  }
+
+  /**
+   * Iterates over received datagrams until the socket closes.
+   *
+   * @example
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { assertEquals } from "@std/assert";
+   *
+   * await using socket = await bind("udp://127.0.0.1:0");
+   * await socket.send(new Uint8Array([1]), socket.address);
+   * for await (const { data } of socket) {
+   *   assertEquals(data, new Uint8Array([1]));
+   *   break;
+   * }
+   * ```
+   *
+   * @returns The datagrams, each with its sender's address.
+   */
+  [Symbol.asyncIterator](): AsyncIterator<Datagram> {
+    return this.#datagrams({});
+  }
+
+  /**
+   * Joins an IPv4 multicast group: datagrams sent to the group (at this
+   * socket's port) arrive here. Bind the group address itself (or
+   * `0.0.0.0`) to receive them, with `reuseAddress` if other sockets on this
+   * host join too.
+   *
+   * @example Multicast on loopback
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { assertEquals } from "@std/assert";
+   *
+   * await using receiver = await bind("udp://239.255.42.2:0", { reuseAddress: true });
+   * await receiver.joinMulticast("239.255.42.2", { interface: "127.0.0.1" });
+   * const port = receiver.address.split(":").at(-1);
+   *
+   * await using sender = await bind("udp://127.0.0.1:0", { multicastInterface: "127.0.0.1" });
+   * await sender.sendMessage("to the group", `udp://239.255.42.2:${port}`);
+   * assertEquals((await receiver.receiveMessage()).message, "to the group");
+   * ```
+   *
+   * @param group The group's address, in 224.0.0.0/4.
+   * @param options The interface to join on.
+   * @throws {AddressError} If `group` is not an IPv4 multicast address.
+   * @throws {TypeError} If the socket is IPv6, or already joined the group
+   * on that interface.
+   * @throws {CommClosedError} If the socket is closed.
+   */
+  async joinMulticast(group: string, options: MulticastOptions = {}): Promise<void> {
+    const [key, networkInterface] = this.#membership("join", group, options);
+    if (this.#memberships.has(key)) {
+      throw new TypeError(
+        `Cannot join multicast group ${group} on interface ${networkInterface}: this socket has already joined it`,
+      );
+    }
+    try {
+      await this.#transport.join(group, networkInterface);
+    } catch (error) {
+      throw withContext(
+        error,
+        `Cannot join multicast group ${group} on interface ${networkInterface}`,
+      );
+    }
+    this.#memberships.add(key);
+  }
+
+  /**
+   * Leaves a multicast group joined with {@linkcode DatagramSocket.joinMulticast}.
+   *
+   * @example
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { assertRejects } from "@std/assert";
+   *
+   * await using socket = await bind("udp://127.0.0.1:0");
+   * await socket.joinMulticast("239.255.42.3");
+   * await socket.leaveMulticast("239.255.42.3");
+   * await assertRejects(() => socket.leaveMulticast("239.255.42.3"), TypeError, "not joined");
+   * ```
+   *
+   * @param group The group's address.
+   * @param options The interface it was joined on.
+   * @throws {TypeError} If the socket has not joined the group on that interface.
+   * @throws {CommClosedError} If the socket is closed.
+   */
+  async leaveMulticast(group: string, options: MulticastOptions = {}): Promise<void> {
+    const [key, networkInterface] = this.#membership("leave", group, options);
+    if (!this.#memberships.has(key)) {
+      throw new TypeError(
+        `Cannot leave multicast group ${group} on interface ${networkInterface}: this socket has not joined it there`,
+      );
+    }
+    this.#memberships.delete(key);
+    try {
+      await this.#transport.leave(group, networkInterface);
+    } catch (error) {
+      throw withContext(
+        error,
+        `Cannot leave multicast group ${group} on interface ${networkInterface}`,
+      );
+    }
+  }
+
+  /**
+   * Closes the socket. Receives waiting for a datagram reject with a
+   * {@linkcode CommClosedError} (iterations end), and datagrams not yet
+   * received are dropped. Calling it again does nothing.
+   *
+   * @example
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { CommClosedError } from "@x/comm";
+   * import { assert, assertRejects } from "@std/assert";
+   *
+   * const socket = await bind("udp://127.0.0.1:0");
+   * const waiting = assertRejects(() => socket.receive(), CommClosedError);
+   * await socket.close();
+   * assert(socket.closed);
+   * await waiting;
+   * ```
+   */
+  close(): Promise<void> {
+    if (!this.#closing) {
+      this.#closed = true;
+      this.#closing = this.#transport.close(
+        new CommClosedError(`The datagram socket ${this.#address} was closed while receiving`),
+      );
+    }
+    return this.#closing;
+  }
+
+  /**
+   * Closes the socket, for `await using`.
+   *
+   * @example
+   * ```ts
+   * import { bind } from "@x/comm/datagram";
+   * import { assert } from "@std/assert";
+   *
+   * let outer;
+   * {
+   *   await using socket = await bind("udp://127.0.0.1:0");
+   *   outer = socket;
+   * }
+   * assert(outer.closed);
+   * ```
+   */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  async *#datagrams(options: ReceiveOptions): AsyncGenerator<Datagram> {
+    for (;;) {
+      let datagram: Datagram;
+      try {
+        datagram = await this.receive(options);
+      } catch (error) {
+        if (this.#closed && error instanceof CommClosedError) return;
+        throw error;
+      }
+      yield datagram;
+    }
+  }
+
+  async #send(data: Uint8Array, to: string): Promise<void> {
+    if (this.#closed) throw this.#closedError(`send to "${to}"`);
+    const destination = this.#destinations.get(to) ?? await this.#destination(to);
+    if (this.#family === 4 && !this.#broadcast && isBroadcast(destination.hostname)) {
+      throw new AddressError(
+        `Cannot send to "${to}": it is a broadcast address, and this socket was bound without { broadcast: true }`,
+      );
+    }
+    try {
+      await this.#transport.send(data, destination.hostname, destination.port);
+    } catch (error) {
+      if (this.#closed) throw this.#closedError(`send to "${to}"`, error);
+      throw this.#sendError(error, to, destination);
+    }
+  }
+
+  /** Parses and resolves a destination; literal ones are cached. */
+  async #destination(to: string): Promise<Endpoint> {
+    const parsed = parseUdpAddress(to, "send");
+    const { hostname, family } = parsed.family === 0
+      ? await resolveHost(parsed.hostname, this.#family, to)
+      : parsed as { hostname: string; family: 4 | 6 };
+    if (family !== this.#family) {
+      throw new AddressError(
+        `Cannot send to "${to}": it is an IPv${family} address and this socket is IPv${this.#family} (bound to ${this.#address}); bind an IPv${family} address to reach it`,
+      );
+    }
+    const destination = { hostname, port: parsed.port, family };
+    if (parsed.family !== 0) {
+      if (this.#destinations.size >= MAX_CACHED_DESTINATIONS) this.#destinations.clear();
+      this.#destinations.set(to, destination);
+    }
+    return destination;
+  }
+
+  #sendError(error: unknown, to: string, destination: Endpoint): Error {
+    const code = (error as { code?: unknown }).code;
+    if (
+      this.#family === 4 && !this.#broadcast && (code === "EACCES" || code === "UNKNOWN") &&
+      isBroadcast(destination.hostname) === undefined
+    ) {
+      return new Error(
+        `Cannot send to "${to}": the system refused it, as it refuses a broadcast address on a socket bound without { broadcast: true }`,
+        { cause: error },
+      );
+    }
+    return withContext(error, `Cannot send to "${to}"`);
+  }
+
+  #tooLarge(size: number, to: string, what: string): DatagramTooLargeError {
+    const limit = this.maxDatagramBytes;
+    return new DatagramTooLargeError(
+      `Cannot send to "${to}": the ${what}${size} bytes, more than one datagram carries over IPv${this.#family} (${limit} bytes); split it, or use a stream comm`,
+      size,
+      limit,
+    );
+  }
+
+  #membership(
+    verb: "join" | "leave",
+    group: string,
+    options: MulticastOptions,
+  ): [key: string, networkInterface: string] {
+    if (this.#closed) throw this.#closedError(`${verb} a multicast group`);
+    if (this.#family !== 4) {
+      throw new TypeError(
+        `Cannot ${verb} multicast group ${
+          describe(group)
+        }: only IPv4 multicast is supported and this socket is IPv6`,
+      );
+    }
+    if (typeof group !== "string" || !isMulticastV4(group)) {
+      throw new AddressError(
+        `Cannot ${verb} multicast group ${
+          describe(group)
+        }: expected an IPv4 multicast address (224.0.0.0 to 239.255.255.255), such as "239.255.0.1"`,
+      );
+    }
+    const bound = this.#transport.hostname;
+    const networkInterface = options.interface ?? this.#multicastInterface ??
+      (bound === "0.0.0.0" || isMulticastV4(bound) ? "0.0.0.0" : bound);
+    checkInterface(`Cannot ${verb} multicast group ${group}`, networkInterface);
+    return [`${group}%${networkInterface}`, networkInterface];
+  }
+
+  #decode<T>(datagram: Datagram): DatagramMessage<T> {
+    try {
+      this.#codec ??= createCodec({ binaryFrameThreshold: Infinity });
+      return { message: this.#codec.decode([datagram.data]) as T, from: datagram.from };
+    } catch (error) {
+      throw new DatagramDecodeError(
+        `Datagram of ${datagram.data.byteLength} bytes from ${datagram.from} is not a message: ${
+          messageOf(error)
+        }`,
+        datagram.data,
+        datagram.from,
+        { cause: error },
+      );
+    }
+  }
+
+  /** The sender's address; a stream of datagrams from one peer builds it once. */
+  #from(raw: RawDatagram): string {
+    const last = this.#lastFrom;
+    if (last === undefined || last.port !== raw.port || last.hostname !== raw.hostname) {
+      this.#lastFrom = raw;
+      this.#lastFromAddress = formatUdpAddress(raw.hostname, raw.port);
+    }
+    return this.#lastFromAddress;
+  }
+
+  #closedError(what: string, cause?: unknown): CommClosedError {
+    return new CommClosedError(
+      `Cannot ${what}: the datagram socket ${this.#address} is closed`,
+      cause === undefined ? undefined : { cause },
+    );
+  }
+}
+
+function checkBindOptions(address: string, options: BindOptions): Settings {
+  if (options === null || typeof options !== "object") {
+    throw new TypeError(
+      `Cannot bind "${address}": options must be an object, not ${describe(options)}`,
+    );
+  }
+  const flag = (name: keyof BindOptions, fallback: boolean): boolean => {
+    const value = options[name];
+    if (value === undefined) return fallback;
+    if (typeof value !== "boolean") {
+      throw new TypeError(`Invalid ${name} ${describe(value)}: expected true or false`);
+    }
+    return value;
+  };
+  const { implementation, multicastInterface, multicastTTL } = options;
+  if (
+    implementation !== undefined && implementation !== "auto" && implementation !== "deno" &&
+    implementation !== "node"
+  ) {
+    throw new TypeError(
+      `Invalid implementation ${describe(implementation)}: expected "auto", "deno" or "node"`,
+    );
+  }
+  if (multicastInterface !== undefined) {
+    checkInterface(`Invalid multicastInterface`, multicastInterface);
+  }
+  if (
+    multicastTTL !== undefined &&
+    (!Number.isInteger(multicastTTL) || multicastTTL < 0 || multicastTTL > 255)
+  ) {
+    throw new RangeError(
+      `Invalid multicastTTL ${describe(multicastTTL)}: expected a whole number from 0 to 255`,
+    );
+  }
+  return {
+    broadcast: flag("broadcast", false),
+    reuseAddress: flag("reuseAddress", false),
+    multicastInterface,
+    multicastTTL,
+    multicastLoopback: options.multicastLoopback === undefined
+      ? undefined
+      : flag("multicastLoopback", true),
+    maxQueuedBytes: checkSize("maxQueuedBytes", options.maxQueuedBytes, DEFAULT_MAX_QUEUED_BYTES),
+  };
+}
+
+function checkInterface(context: string, value: unknown): void {
+  if (typeof value !== "string" || familyOf(value) !== 4 || ipv4Octets(value) === undefined) {
+    throw new AddressError(
+      `${context}: the interface ${
+        describe(value)
+      } is not an IPv4 address (on loopback, "127.0.0.1")`,
+    );
+  }
+}
+
+/**
+ * The runtime's error with what was attempted in front of its message, as the
+ * same class where that is one of `Deno.errors` (so that callers can still
+ * test for `Deno.errors.AddrInUse`, say).
+ */
+function withContext(error: unknown, context: string): Error {
+  if (error instanceof AddressError || error instanceof TypeError) return error;
+  const message = `${context}: ${messageOf(error)}`;
+  for (const Class of Object.values(Deno.errors)) {
+    if (error instanceof Class && error.constructor === Class) {
+      return new Class(message, { cause: error });
+    }
+  }
+  return new Error(message, { cause: error });
+}
