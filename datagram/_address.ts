@@ -98,6 +98,26 @@ export function formatUdpAddress(hostname: string, port: number): string {
 }
 
 /**
+ * Formats senders' addresses, building the string once for a run of
+ * datagrams from the same sender.
+ */
+export class SenderAddresses {
+  #hostname = "";
+  #port = -1;
+  #address = "";
+
+  /** The `udp://` address of a sender. */
+  format(hostname: string, port: number): string {
+    if (port !== this.#port || hostname !== this.#hostname) {
+      this.#hostname = hostname;
+      this.#port = port;
+      this.#address = formatUdpAddress(hostname, port);
+    }
+    return this.#address;
+  }
+}
+
+/**
  * Resolves a host name to an address of the given family (any family for 0).
  * `localhost` is the loopback address without asking the resolver.
  */

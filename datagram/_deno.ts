@@ -1,7 +1,14 @@
 // The datagram transport over `Deno.listenDatagram`, which Deno offers only
 // with `--unstable-net` (or `"unstable": ["net"]`). Only siblings import this.
 
-import { Inbox, type RawDatagram, type Transport, type TransportOptions } from "./_transport.ts";
+import { SenderAddresses } from "./_address.ts";
+import {
+  Inbox,
+  type ReceivedDatagram,
+  Slab,
+  type Transport,
+  type TransportOptions,
+} from "./_transport.ts";
 
 // The part of Deno's unstable UDP API used here, declared locally so that
 // type checking does not need the unstable flag.
@@ -86,6 +93,8 @@ class DenoTransport implements Transport {
   #reading = false;
   #closed = false;
   #memberships = new Map<string, MulticastMembership>();
+  #senders = new SenderAddresses();
+  #slab = new Slab();
 
   constructor(conn: DenoDatagramConn) {
     this.#conn = conn;
@@ -98,7 +107,7 @@ class DenoTransport implements Transport {
     await this.#conn.send(data, { transport: "udp", hostname, port });
   }
 
-  receive(signal?: AbortSignal): Promise<RawDatagram> {
+  receive(signal?: AbortSignal): Promise<ReceivedDatagram> {
     return this.#inbox.take(signal);
   }
 
@@ -112,7 +121,10 @@ class DenoTransport implements Transport {
     try {
       while (this.#inbox.wanted) {
         const [view, from] = await this.#conn.receive(this.#buffer);
-        this.#inbox.deliver({ data: view.slice(), hostname: from.hostname, port: from.port });
+        this.#inbox.deliver({
+          data: this.#slab.copy(view),
+          from: this.#senders.format(from.hostname, from.port),
+        });
       }
     } catch (error) {
       if (!this.#closed) {

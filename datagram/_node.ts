@@ -2,7 +2,14 @@
 // unstable flag. Only siblings import this file.
 
 import dgram from "node:dgram";
-import { Inbox, type RawDatagram, type Transport, type TransportOptions } from "./_transport.ts";
+import { SenderAddresses } from "./_address.ts";
+import {
+  Inbox,
+  type ReceivedDatagram,
+  Slab,
+  type Transport,
+  type TransportOptions,
+} from "./_transport.ts";
 
 /** Node's socket errors name their cause in `code`. */
 interface NodeError extends Error {
@@ -52,8 +59,13 @@ class NodeTransport implements Transport {
     this.hostname = address;
     this.port = port;
     this.#inbox = new Inbox(maxQueuedBytes);
+    const senders = new SenderAddresses();
+    const slab = new Slab();
     socket.on("message", (message: Uint8Array, from: dgram.RemoteInfo) => {
-      this.#inbox.deliver({ data: owned(message), hostname: from.address, port: from.port });
+      this.#inbox.deliver({
+        data: slab.copy(message),
+        from: senders.format(from.address, from.port),
+      });
     });
     socket.on("error", (error: Error) => {
       this.#inbox.fail(new Error(`Receiving failed: ${error.message}`, { cause: error }));
@@ -70,7 +82,7 @@ class NodeTransport implements Transport {
     });
   }
 
-  receive(signal?: AbortSignal): Promise<RawDatagram> {
+  receive(signal?: AbortSignal): Promise<ReceivedDatagram> {
     return this.#inbox.take(signal);
   }
 
@@ -91,17 +103,6 @@ class NodeTransport implements Transport {
     }
     return this.#closing;
   }
-}
-
-/**
- * Node hands each datagram over as a view of a 64 KiB buffer; a copy keeps a
- * small datagram from holding on to all of it.
- */
-function owned(message: Uint8Array): Uint8Array {
-  if (message.buffer.byteLength === message.byteLength) {
-    return new Uint8Array(message.buffer, message.byteOffset, message.byteLength);
-  }
-  return new Uint8Array(message);
 }
 
 function closeQuietly(socket: dgram.Socket): Promise<void> {

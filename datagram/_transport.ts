@@ -4,11 +4,10 @@
 import { type Deferred, deferred } from "../comm/_util.ts";
 import { Queue, waitInLine } from "../comm/_queue.ts";
 
-/** One received datagram, its bytes owned by the receiver. */
-export interface RawDatagram {
+/** One received datagram: its bytes, owned by the receiver, and its sender's `udp://` address. */
+export interface ReceivedDatagram {
   data: Uint8Array;
-  hostname: string;
-  port: number;
+  from: string;
 }
 
 /** The runtime's socket under a `DatagramSocket`. */
@@ -23,11 +22,40 @@ export interface Transport {
   /** Sends one datagram to an IP literal; rejects with the runtime's error. */
   send(data: Uint8Array, hostname: string, port: number): Promise<void>;
   /** The next datagram; a receive abandoned by `signal` loses nothing. */
-  receive(signal?: AbortSignal): Promise<RawDatagram>;
+  receive(signal?: AbortSignal): Promise<ReceivedDatagram>;
   join(group: string, networkInterface: string): Promise<void>;
   leave(group: string, networkInterface: string): Promise<void>;
   /** Closes the socket; pending and later receives reject with `reason`. */
   close(reason: Error): Promise<void>;
+}
+
+/** Bytes per slab that received datagrams are copied into. */
+const SLAB_BYTES = 64 * 1024;
+/** Datagrams larger than this get a buffer of their own. */
+const SLAB_MAX_COPY = 4 * 1024;
+
+/**
+ * Copies received datagrams out of the runtime's buffer. Small ones share
+ * 64 KiB slabs (one allocation for many datagrams, as Node's Buffer pool
+ * does), so a datagram's `buffer` may hold others' bytes beside its own.
+ */
+export class Slab {
+  #slab = new Uint8Array(SLAB_BYTES);
+  #offset = 0;
+
+  copy(bytes: Uint8Array): Uint8Array {
+    const size = bytes.byteLength;
+    if (size > SLAB_MAX_COPY) return bytes.slice();
+    if (this.#offset + size > SLAB_BYTES) {
+      this.#slab = new Uint8Array(SLAB_BYTES);
+      this.#offset = 0;
+    }
+    const copy = this.#slab.subarray(this.#offset, this.#offset + size);
+    copy.set(bytes);
+    // Keep each copy 8-byte aligned, so that views of other types fit.
+    this.#offset += (size + 7) & ~7;
+    return copy;
+  }
 }
 
 /** What `bind()` asks of a transport. */
@@ -53,9 +81,9 @@ export interface TransportOptions {
  * whose receiver gave up waits here.
  */
 export class Inbox {
-  #ready = new Queue<RawDatagram>();
+  #ready = new Queue<ReceivedDatagram>();
   #readyBytes = 0;
-  #waiters = new Queue<Deferred<RawDatagram>>();
+  #waiters = new Queue<Deferred<ReceivedDatagram>>();
   #failure: Error | undefined;
   #maxBytes: number;
   #onDemand: () => void;
@@ -77,7 +105,7 @@ export class Inbox {
   }
 
   /** Hands a datagram to the first waiter, or queues it. */
-  deliver(datagram: RawDatagram): void {
+  deliver(datagram: ReceivedDatagram): void {
     if (this.#failure) return;
     const waiter = this.#waiters.shift();
     if (waiter) {
@@ -94,7 +122,7 @@ export class Inbox {
   }
 
   /** The next datagram: a queued one at once, or the next to arrive. */
-  take(signal?: AbortSignal): Promise<RawDatagram> {
+  take(signal?: AbortSignal): Promise<ReceivedDatagram> {
     if (this.#failure) return Promise.reject(this.#failure);
     const datagram = this.#ready.shift();
     if (datagram) {
@@ -106,8 +134,8 @@ export class Inbox {
     return waiting;
   }
 
-  #wait(): Promise<RawDatagram> {
-    const waiter = deferred<RawDatagram>();
+  #wait(): Promise<ReceivedDatagram> {
+    const waiter = deferred<ReceivedDatagram>();
     this.#waiters.push(waiter);
     return waiter.promise;
   }

@@ -21,7 +21,7 @@ import {
 } from "./_address.ts";
 import { bindDeno, denoListenDatagram, denoUnsupported } from "./_deno.ts";
 import { bindNode } from "./_node.ts";
-import type { RawDatagram, Transport, TransportOptions } from "./_transport.ts";
+import type { Transport, TransportOptions } from "./_transport.ts";
 import { DatagramDecodeError, DatagramTooLargeError } from "./errors.ts";
 
 /**
@@ -168,7 +168,11 @@ export interface BindOptions {
  * ```
  */
 export interface Datagram {
-  /** The payload; the receiver owns it. */
+  /**
+   * The payload, the receiver's to keep. A small one is a view into a 64 KiB
+   * buffer shared with other datagrams (one allocation for many, as Node's
+   * Buffer pool does), so use `data.slice()` where its own `buffer` is needed.
+   */
   data: Uint8Array;
   /** The sender's address, such as `udp://127.0.0.1:5000`: send there to reply. */
   from: string;
@@ -396,8 +400,6 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
   #destinations = new Map<string, Endpoint>();
   #memberships = new Set<string>();
   #codec: Codec | undefined;
-  #lastFrom: RawDatagram | undefined;
-  #lastFromAddress = "";
 
   static {
     openSocket = (transport, family, settings) => {
@@ -492,10 +494,9 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
    * @returns The datagram and its sender's address.
    * @throws {CommClosedError} If the socket is or becomes closed.
    */
-  async receive(options: ReceiveOptions = {}): Promise<Datagram> {
-    if (this.#closed) throw this.#closedError("receive");
-    const raw = await this.#transport.receive(options.signal);
-    return { data: raw.data, from: this.#from(raw) };
+  receive(options: ReceiveOptions = {}): Promise<Datagram> {
+    if (this.#closed) return Promise.reject(this.#closedError("receive"));
+    return this.#transport.receive(options.signal);
   }
 
   /**
@@ -751,17 +752,18 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     return this.close();
   }
 
-  async *#datagrams(options: ReceiveOptions): AsyncGenerator<Datagram> {
-    for (;;) {
-      let datagram: Datagram;
-      try {
-        datagram = await this.receive(options);
-      } catch (error) {
-        if (this.#closed && error instanceof CommClosedError) return;
-        throw error;
-      }
-      yield datagram;
-    }
+  /** Datagrams until the socket closes; a plain iterator, as a generator costs a hop per datagram. */
+  #datagrams(options: ReceiveOptions): AsyncIterableIterator<Datagram> {
+    const done = (error: unknown): IteratorResult<Datagram> => {
+      if (this.#closed && error instanceof CommClosedError) return { value: undefined, done: true };
+      throw error;
+    };
+    const iterator: AsyncIterableIterator<Datagram> = {
+      next: () => this.receive(options).then((value) => ({ value, done: false }), done),
+      return: () => Promise.resolve({ value: undefined, done: true }),
+      [Symbol.asyncIterator]: () => iterator,
+    };
+    return iterator;
   }
 
   async #send(data: Uint8Array, to: string): Promise<void> {
@@ -863,16 +865,6 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
         { cause: error },
       );
     }
-  }
-
-  /** The sender's address; a stream of datagrams from one peer builds it once. */
-  #from(raw: RawDatagram): string {
-    const last = this.#lastFrom;
-    if (last === undefined || last.port !== raw.port || last.hostname !== raw.hostname) {
-      this.#lastFrom = raw;
-      this.#lastFromAddress = formatUdpAddress(raw.hostname, raw.port);
-    }
-    return this.#lastFromAddress;
   }
 
   #closedError(what: string, cause?: unknown): CommClosedError {
