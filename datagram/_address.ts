@@ -141,6 +141,25 @@ export async function resolveHost(
   }
 }
 
+/**
+ * The IPv4 address a datagram to this IP literal goes to: the literal itself,
+ * or the address inside an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`), which a
+ * dual-stack socket sends over IPv4.
+ */
+export function ipv4Of(hostname: string, family: 4 | 6): string | undefined {
+  if (family === 4) return hostname;
+  let normalized: string;
+  try {
+    normalized = new URL(`http://[${hostname}]/`).hostname;
+  } catch {
+    return undefined;
+  }
+  const mapped = /^\[::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})\]$/.exec(normalized);
+  if (!mapped) return undefined;
+  const [high, low] = [parseInt(mapped[1], 16), parseInt(mapped[2], 16)];
+  return [high >> 8, high & 0xff, low >> 8, low & 0xff].join(".");
+}
+
 /** Whether an IPv4 literal is a multicast group (224.0.0.0/4). */
 export function isMulticastV4(host: string): boolean {
   const octets = ipv4Octets(host);
@@ -200,4 +219,15 @@ function popCount(octet: number): number {
   let bits = 0;
   for (let value = octet; value; value >>= 1) bits += value & 1;
   return bits;
+}
+
+/** Checks an interface option: an IPv4 address. */
+export function checkInterface(context: string, value: unknown): void {
+  if (typeof value !== "string" || familyOf(value) !== 4 || ipv4Octets(value) === undefined) {
+    throw new AddressError(
+      `${context}: the interface ${
+        describe(value)
+      } is not an IPv4 address (on loopback, "127.0.0.1")`,
+    );
+  }
 }

@@ -1,7 +1,8 @@
 // What a datagram socket needs from the runtime, and the inbox both
 // implementations share. Only siblings import this file.
 
-import { type Deferred, deferred } from "../comm/_util.ts";
+import { AddressError } from "../comm/errors.ts";
+import { type Deferred, deferred, messageOf } from "../comm/_util.ts";
 import { Queue, waitInLine } from "../comm/_queue.ts";
 
 /** One received datagram: its bytes, owned by the receiver, and its sender's `udp://` address. */
@@ -57,6 +58,9 @@ export class Slab {
     return copy;
   }
 }
+
+/** The options of a socket that it keeps after binding. */
+export type SocketSettings = Omit<TransportOptions, "hostname" | "port" | "family">;
 
 /** What `bind()` asks of a transport. */
 export interface TransportOptions {
@@ -148,4 +152,20 @@ export class Inbox {
     this.#readyBytes = 0;
     for (const waiter of this.#waiters.drain()) waiter.reject(error);
   }
+}
+
+/**
+ * The runtime's error with what was attempted in front of its message, as the
+ * same class where that is one of `Deno.errors` (so that callers can still
+ * test for `Deno.errors.AddrInUse`, say).
+ */
+export function withContext(error: unknown, context: string): Error {
+  if (error instanceof AddressError || error instanceof TypeError) return error;
+  const message = `${context}: ${messageOf(error)}`;
+  for (const Class of Object.values(Deno.errors)) {
+    if (error instanceof Class && error.constructor === Class) {
+      return new Class(message, { cause: error });
+    }
+  }
+  return new Error(message, { cause: error });
 }

@@ -25,5 +25,6 @@
  */
 
 export * from "./udp.ts";
+export * from "./socket.ts";
 export * from "./errors.ts";
 export { AddressError, CommClosedError } from "../comm/errors.ts";
