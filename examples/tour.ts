@@ -1,6 +1,7 @@
 /**
- * A short tour: round-trips messages over every built-in transport and
- * prints a table of round trips per second. This is `deno task demo`.
+ * A short tour: round-trips messages over every built-in transport, and as
+ * UDP datagrams, and prints a table of round trips per second. This is
+ * `deno task demo`.
  *
  * ```sh
  * deno run --allow-net --allow-read --allow-write examples/tour.ts
@@ -12,6 +13,7 @@
  */
 
 import { connect, type ConnectOptions, listen, type ListenOptions } from "@x/comm";
+import { bind } from "@x/comm/datagram";
 
 const ROUND_TRIPS = 5_000;
 
@@ -65,6 +67,41 @@ async function tour(
   };
 }
 
+/** The same round trips as datagrams: one message each way, no connection. */
+async function tourUdp(): Promise<Row> {
+  await using server = await bind("udp://127.0.0.1:0");
+  const serving = (async () => {
+    for await (const { data, from } of server) await server.send(data, from);
+  })();
+  await using client = await bind("udp://127.0.0.1:0");
+
+  // Datagrams may be lost. On loopback, in lockstep, they are not; should
+  // one be, the tour stops with an error instead of waiting forever.
+  const signal = AbortSignal.timeout(30_000);
+  const roundTrip = async (message: unknown) => {
+    await client.sendMessage(message, server.address);
+    return (await client.receiveMessage({ signal })).message;
+  };
+  const probe = { op: "probe", list: [1, "two", null], bytes: new Uint8Array([1, 2, 3]) };
+  const echoed = await roundTrip(probe) as typeof probe;
+  if (echoed.list[1] !== "two" || echoed.bytes[2] !== 3) {
+    throw new Error("udp: the probe came back changed");
+  }
+  const start = performance.now();
+  for (let i = 0; i < ROUND_TRIPS; i++) await roundTrip({ op: "ping", i });
+  const seconds = (performance.now() - start) / 1000;
+
+  await server.close();
+  await serving;
+  return {
+    transport: "udp",
+    address: server.address,
+    messages: ROUND_TRIPS * 2 + 2,
+    roundTripsPerSecond: Math.round(ROUND_TRIPS / seconds),
+    megabytesPerSecond: 0,
+  };
+}
+
 async function readCertificates(): Promise<{ cert: string; key: string; ca: string } | null> {
   const dir = new URL("../tests/testdata/", import.meta.url);
   try {
@@ -90,6 +127,7 @@ if (certificates) {
   console.log("(tls skipped: tests/testdata/ certificates not found)");
 }
 rows.push(await tour("unix", "unix://"));
+rows.push(await tourUdp());
 
 console.log("\nRound trips of one small message (echo), then a 16 MiB binary there and back:\n");
 console.log(
@@ -102,6 +140,8 @@ for (const row of rows) {
       row.roundTripsPerSecond.toLocaleString("en-US").padEnd(18) +
       (row.transport === "inproc"
         ? "(by reference)"
+        : row.transport === "udp"
+        ? "(64 KiB at most)"
         : row.megabytesPerSecond.toLocaleString("en-US")).padEnd(18) +
       row.address,
   );
