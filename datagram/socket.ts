@@ -208,7 +208,8 @@ interface Destination {
  * `receive()` gets a different datagram, in the order the calls were made.
  *
  * Iterating the socket yields datagrams until it is closed; breaking out of
- * the loop leaves it open.
+ * the loop leaves it open. Close it when done (`await using` does): on
+ * `node:dgram` an open socket keeps the process running, as in Node.
  *
  * @example Echoing each datagram back to its sender
  * ```ts
