@@ -79,28 +79,31 @@ export function bindDeno(listen: ListenDatagram, options: TransportOptions): Tra
     port: options.port,
     reuseAddress: options.reuseAddress,
   });
-  return new DenoTransport(conn);
+  return new DenoTransport(conn, options.maxQueuedBytes);
 }
 
 class DenoTransport implements Transport {
   readonly implementation = "deno";
   readonly hostname: string;
   readonly port: number;
-  readonly dropped = 0;
   #conn: DenoDatagramConn;
   #inbox: Inbox;
   #buffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
-  #reading = false;
   #closed = false;
   #memberships = new Map<string, MulticastMembership>();
   #senders = new SenderAddresses();
   #slab = new Slab();
 
-  constructor(conn: DenoDatagramConn) {
+  constructor(conn: DenoDatagramConn, maxQueuedBytes: number) {
     this.#conn = conn;
     this.hostname = conn.addr.hostname;
     this.port = conn.addr.port;
-    this.#inbox = new Inbox(RECEIVE_BUFFER_BYTES, () => this.#read());
+    this.#inbox = new Inbox(maxQueuedBytes);
+    this.#read();
+  }
+
+  get dropped(): number {
+    return this.#inbox.dropped;
   }
 
   async send(data: Uint8Array, hostname: string, port: number): Promise<void> {
@@ -112,14 +115,13 @@ class DenoTransport implements Transport {
   }
 
   /**
-   * Reads while somebody waits. A read cannot be cancelled, so a datagram
-   * whose receiver gave up stays in the inbox for the next one.
+   * Reads until the socket closes, as node:dgram does: what arrives while
+   * nobody receives waits in the inbox (up to its limit), not in the
+   * kernel's smaller buffer, and both implementations lose the same.
    */
   async #read(): Promise<void> {
-    if (this.#reading) return;
-    this.#reading = true;
     try {
-      while (this.#inbox.wanted) {
+      for (;;) {
         const [view, from] = await this.#conn.receive(this.#buffer);
         this.#inbox.deliver({
           data: this.#slab.copy(view),
@@ -130,8 +132,6 @@ class DenoTransport implements Transport {
       if (!this.#closed) {
         this.#inbox.fail(new Error(`Receiving failed: ${error}`, { cause: error }));
       }
-    } finally {
-      this.#reading = false;
     }
   }
 

@@ -46,7 +46,12 @@ export class Slab {
 
   copy(bytes: Uint8Array): Uint8Array {
     const size = bytes.byteLength;
-    if (size > SLAB_MAX_COPY) return bytes.slice();
+    if (size > SLAB_MAX_COPY) {
+      // Not bytes.slice(): on Node's Buffer that is a view, and of Buffer's class.
+      const copy = new Uint8Array(size);
+      copy.set(bytes);
+      return copy;
+    }
     if (this.#offset + size > SLAB_BYTES) {
       this.#slab = new Uint8Array(SLAB_BYTES);
       this.#offset = 0;
@@ -77,12 +82,9 @@ export interface TransportOptions {
 
 /**
  * Received datagrams waiting for a `receive()`, and `receive()` calls waiting
- * for a datagram, each served first come first served.
- *
- * A push transport delivers whenever datagrams arrive, and the inbox drops
- * what would take it past `maxBytes` (as a full kernel buffer would). A pull
- * transport reads only while `wanted` is true, so at most the one datagram
- * whose receiver gave up waits here.
+ * for a datagram, each served first come first served. Transports deliver
+ * whatever arrives; past `maxBytes` waiting, the inbox drops datagrams (and
+ * counts them), as a full kernel buffer would.
  */
 export class Inbox {
   #ready = new Queue<ReceivedDatagram>();
@@ -90,17 +92,10 @@ export class Inbox {
   #waiters = new Queue<Deferred<ReceivedDatagram>>();
   #failure: Error | undefined;
   #maxBytes: number;
-  #onDemand: () => void;
   dropped = 0;
 
-  constructor(maxBytes: number, onDemand: () => void = () => {}) {
+  constructor(maxBytes: number) {
     this.#maxBytes = maxBytes;
-    this.#onDemand = onDemand;
-  }
-
-  /** Whether a `receive()` is waiting. */
-  get wanted(): boolean {
-    return this.#waiters.length > 0;
   }
 
   /** Whether the inbox is closed. */
@@ -133,9 +128,7 @@ export class Inbox {
       this.#readyBytes -= datagram.data.byteLength;
       return Promise.resolve(datagram);
     }
-    const waiting = signal ? waitInLine(this.#waiters, signal) : this.#wait();
-    this.#onDemand();
-    return waiting;
+    return signal ? waitInLine(this.#waiters, signal) : this.#wait();
   }
 
   #wait(): Promise<ReceivedDatagram> {

@@ -278,8 +278,8 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
 
   /**
    * Datagrams this socket dropped because they arrived while its queue was
-   * full ({@linkcode BindOptions.maxQueuedBytes}). Always 0 with the `deno`
-   * implementation, whose excess the kernel drops unseen.
+   * full ({@linkcode BindOptions.maxQueuedBytes}). Datagrams the kernel
+   * dropped before they reached the socket are not counted: nothing tells.
    */
   get dropped(): number {
     return this.#transport.dropped;

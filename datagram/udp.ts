@@ -74,12 +74,11 @@ export interface BindOptions {
    */
   multicastLoopback?: boolean;
   /**
-   * With the `node` implementation, datagrams arrive whether or not anyone
-   * is receiving; this many bytes of them wait for `receive()`, and later
-   * ones are dropped (and counted in {@linkcode DatagramSocket.dropped}), as
-   * the kernel drops them when its buffer is full. The `deno`
-   * implementation reads only when asked, so its datagrams wait in the
-   * kernel's buffer instead.
+   * A socket reads datagrams as they arrive, whether or not anyone is
+   * receiving (as Node's sockets do), into a queue of at most this many
+   * bytes; datagrams that would overflow it are dropped and counted in
+   * {@linkcode DatagramSocket.dropped}, as the kernel drops them when its own
+   * (smaller) buffer is full.
    *
    * @default {4194304} (4 MiB)
    */
