@@ -90,6 +90,7 @@ class DenoTransport implements Transport {
   #inbox: Inbox;
   #buffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
   #closed = false;
+  #reading: Promise<void>;
   #memberships = new Map<string, MulticastMembership>();
   #senders = new SenderAddresses();
   #slab = new Slab();
@@ -99,7 +100,7 @@ class DenoTransport implements Transport {
     this.hostname = conn.addr.hostname;
     this.port = conn.addr.port;
     this.#inbox = new Inbox(maxQueuedBytes);
-    this.#read();
+    this.#reading = this.#read();
   }
 
   get dropped(): number {
@@ -147,6 +148,7 @@ class DenoTransport implements Transport {
     await membership?.leave();
   }
 
+  /** Resolves once the read in flight has ended, which releases the port. */
   close(reason: Error): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
@@ -154,6 +156,6 @@ class DenoTransport implements Transport {
       this.#memberships.clear();
       this.#conn.close();
     }
-    return Promise.resolve();
+    return this.#reading;
   }
 }

@@ -1,7 +1,6 @@
 // What a datagram socket needs from the runtime, and the inbox both
 // implementations share. Only siblings import this file.
 
-import { AddressError } from "../comm/errors.ts";
 import { type Deferred, deferred, messageOf } from "../comm/_util.ts";
 import { Queue, waitInLine } from "../comm/_queue.ts";
 
@@ -123,6 +122,7 @@ export class Inbox {
   /** The next datagram: a queued one at once, or the next to arrive. */
   take(signal?: AbortSignal): Promise<ReceivedDatagram> {
     if (this.#failure) return Promise.reject(this.#failure);
+    if (signal?.aborted) return Promise.reject(signal.reason);
     const datagram = this.#ready.shift();
     if (datagram) {
       this.#readyBytes -= datagram.data.byteLength;
@@ -153,9 +153,8 @@ export class Inbox {
  * test for `Deno.errors.AddrInUse`, say).
  */
 export function withContext(error: unknown, context: string): Error {
-  if (error instanceof AddressError || error instanceof TypeError) return error;
   const message = `${context}: ${messageOf(error)}`;
-  for (const Class of Object.values(Deno.errors)) {
+  for (const Class of [...Object.values(Deno.errors), TypeError, RangeError]) {
     if (error instanceof Class && error.constructor === Class) {
       return new Class(message, { cause: error });
     }

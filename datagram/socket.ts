@@ -648,7 +648,9 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
       !this.#broadcast && destination.ipv4 !== undefined &&
       (code === "EACCES" || code === "UNKNOWN") && isBroadcast(destination.ipv4) === undefined
     ) {
-      return new Error(
+      // Without --allow-sys the broadcast addresses are unknown, and node:dgram
+      // in Deno reports the kernel's EACCES as "UNKNOWN".
+      return new AddressError(
         `Cannot send to "${to}": the system refused it, as it refuses a broadcast address on a socket bound without { broadcast: true }`,
         { cause: error },
       );

@@ -60,8 +60,9 @@ export interface BindOptions {
    */
   multicastInterface?: string;
   /**
-   * How many routers a multicast datagram may cross: 0 keeps it on this
-   * host, 1 on the local network.
+   * How many hops a multicast datagram may make: 1 keeps it on the local
+   * network, each one more lets it cross one more router. From 1 to 255
+   * (Deno's `node:dgram` refuses 0).
    *
    * @default {1}
    */
@@ -204,10 +205,12 @@ function checkBindOptions(address: string, options: BindOptions): SocketSettings
   }
   if (
     multicastTTL !== undefined &&
-    (!Number.isInteger(multicastTTL) || multicastTTL < 0 || multicastTTL > 255)
+    (!Number.isInteger(multicastTTL) || multicastTTL < 1 || multicastTTL > 255)
   ) {
     throw new RangeError(
-      `Invalid multicastTTL ${describe(multicastTTL)}: expected a whole number from 0 to 255`,
+      `Invalid multicastTTL ${
+        describe(multicastTTL)
+      }: expected a whole number from 1 to 255 (node:dgram refuses 0 in Deno; bind to 127.0.0.1 to keep datagrams on this host)`,
     );
   }
   return {
