@@ -12,6 +12,11 @@
  * - W3 bulk: 64 MiB binary messages one way over tcp and unix, received into
  *   fresh buffers and into recycled ones (the `allocate` option).
  * - W4 inproc: one way between two tasks, against a bare async queue.
+ * - W5 UDP receive: datagrams/s received from a sender process sending
+ *   unpaced 512-byte datagrams, by our `DatagramSocket` on each
+ *   implementation against the bare `Deno.listenDatagram` loop; beside them
+ *   that loop into a reused buffer, and bare `node:dgram`, the node path's
+ *   own ceiling (`bench/_udp.ts`).
  * - RPC: calls per second of `remote.add({x, y})` on a `Server` through
  *   `pool.rpc(address)` of a `ConnectionPool` of 4 comms, from 1 and from 64
  *   concurrent callers, over tcp, in one process and with the server in a
@@ -22,13 +27,14 @@
  * Prints one table and writes it as JSON to `bench/results/latest.json`.
  * `BENCH_REPEATS` sets the repetitions (default 5); `BENCH_ONLY` a
  * comma-separated list of row keys to run (and `dask` for dask's
- * counterparts of those rows).
+ * counterparts of those rows; `W5` or `udp` for both W5 rows).
  *
  * @module
  */
 
 import { type Comm, connect, ConnectionPool, listen, type ListenOptions, Server } from "../mod.ts";
 import * as raw from "./_raw.ts";
+import * as udp from "./_udp.ts";
 
 const REPEATS = Number(Deno.env.get("BENCH_REPEATS") ?? 5);
 const ONLY = Deno.env.get("BENCH_ONLY")?.split(",");
@@ -55,6 +61,8 @@ interface Row {
   /** What `ours / dask` must reach, once dask's figure is in. */
   daskTarget?: number;
   dask?: number;
+  /** Another reference that bounds `ours` (W5 node path: bare `node:dgram`). */
+  ceiling?: number;
   note?: string;
 }
 
@@ -84,6 +92,21 @@ async function sideBySide(
     }
   }
   return [median(a), median(b)];
+}
+
+/**
+ * Runs each of `runs` once per repetition, REPEATS times, repetition i
+ * starting with run i (mod their number) and going round; every result.
+ */
+async function rotated<T>(runs: (() => Promise<T>)[]): Promise<T[][]> {
+  const results: T[][] = runs.map(() => []);
+  for (let i = 0; i < REPEATS; i++) {
+    for (let j = 0; j < runs.length; j++) {
+      const k = (i + j) % runs.length;
+      results[k].push(await runs[k]());
+    }
+  }
+  return results;
 }
 
 // ---- ours ----
@@ -423,6 +446,55 @@ if (wanted("W4")) {
   });
 }
 
+// W5: one sender process per measurement. The runs of both rows, of the bare
+// Deno loop they share, and of each row's further reference (the bare loop
+// into a reused buffer; bare node:dgram) go round together.
+const w5Paths = (["deno", "node"] as const).filter((path) =>
+  wanted(`W5-${path}`) || ONLY?.includes("W5") || ONLY?.includes("udp")
+);
+if (w5Paths.length > 0) {
+  progress(w5Paths.map((path) => `W5-${path}`).join(", "));
+  const runners: Record<string, () => Promise<udp.UdpRate>> = { raw: () => udp.raw() };
+  for (const path of w5Paths) runners[path] = () => udp.ours(path);
+  if (w5Paths.includes("deno")) runners.rawReused = () => udp.raw(true);
+  if (w5Paths.includes("node")) runners.dgram = udp.nodeDgram;
+  const names = Object.keys(runners);
+  const results = await rotated(names.map((name) => runners[name]));
+  /** The median received rate of a runner, and the median share of what was sent it received. */
+  const figures = (name: string) => {
+    const runs = results[names.indexOf(name)];
+    const share = median(runs.map((run) => run.received / run.sent));
+    return {
+      rate: median(runs.map((run) => run.received)),
+      share: `${Math.round(share * 100)}% received`,
+    };
+  };
+  const bare = figures("raw");
+  for (const path of w5Paths) {
+    const ours = figures(path);
+    const row = ratioRow({
+      key: `W5-${path}`,
+      workload: `W5 UDP receive, ${path} path`,
+      unit: "datagrams/s",
+      ours: ours.rate,
+      raw: bare.rate,
+      note: `${udp.W5_BYTES}-byte datagrams sent unpaced for ${udp.W5_SEND_MS / 1000} s a run ` +
+        `by another process; ours ${ours.share}, raw ${bare.share}`,
+    }, 0.9);
+    if (path === "deno") {
+      const reused = figures("rawReused");
+      row.note += `; raw reading into one reused buffer: ${format(reused.rate)} (${reused.share})`;
+    } else {
+      const dgram = figures("dgram");
+      row.ceiling = dgram.rate;
+      row.note += `; node:dgram's own ceiling, a bare 'message' listener: ${
+        format(dgram.rate)
+      } (${dgram.share}), ours is ${(ours.rate / dgram.rate).toFixed(2)}x that`;
+    }
+    rows.push(row);
+  }
+}
+
 for (const processes of ["one", "two"] as const) {
   for (const callers of [1, 64]) {
     const key = `RPC-${callers}${processes === "two" ? "-2proc" : ""}`;
@@ -536,7 +608,6 @@ for (const cells of table) console.log(line(cells));
 for (const r of rows) if (r.note) console.log(`  ${r.key}: ${r.note}`);
 if (dask.error) console.log(`  dask: not measured (${dask.error})`);
 else if (dask.distributed) console.log(`  dask: distributed ${dask.distributed}, /usr/bin/python3`);
-console.log("  W5 (UDP) rows arrive with the datagram layer.");
 
 await Deno.mkdir(new URL("./results/", import.meta.url), { recursive: true });
 await Deno.writeTextFile(

@@ -191,6 +191,10 @@ export interface MulticastOptions {
   interface?: string;
 }
 
+function yielded(value: Datagram): IteratorResult<Datagram> {
+  return { value, done: false };
+}
+
 /** A destination, parsed and resolved. */
 interface Destination {
   hostname: string;
@@ -600,7 +604,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
       throw error;
     };
     const iterator: AsyncIterableIterator<Datagram> = {
-      next: () => this.receive(options).then((value) => ({ value, done: false }), done),
+      next: () => this.receive(options).then(yielded, done),
       return: () => Promise.resolve({ value: undefined, done: true }),
       [Symbol.asyncIterator]: () => iterator,
     };
