@@ -160,6 +160,15 @@ export function ipv4Of(hostname: string, family: 4 | 6): string | undefined {
   return [high >> 8, high & 0xff, low >> 8, low & 0xff].join(".");
 }
 
+/** Whether an IPv6 literal is the unspecified address `::` (every interface). */
+export function isUnspecifiedV6(hostname: string): boolean {
+  try {
+    return new URL(`http://[${hostname}]/`).hostname === "[::]";
+  } catch {
+    return false;
+  }
+}
+
 /** Whether an IPv4 literal is a multicast group (224.0.0.0/4). */
 export function isMulticastV4(host: string): boolean {
   const octets = ipv4Octets(host);

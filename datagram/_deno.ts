@@ -52,7 +52,7 @@ export function denoUnsupported(
   options: TransportOptions,
   broadcastsKnown: boolean,
 ): string | undefined {
-  if (options.family === 4 && !options.broadcast && !broadcastsKnown) {
+  if (!options.broadcast && !broadcastsKnown) {
     return "it cannot refuse broadcasts without reading the network interfaces " +
       "(grant --allow-sys=networkInterfaces, or bind with { broadcast: true })";
   }

@@ -6,7 +6,13 @@
  */
 
 import { checkSize, describe } from "../comm/_util.ts";
-import { canReadInterfaces, checkInterface, parseUdpAddress, resolveHost } from "./_address.ts";
+import {
+  canReadInterfaces,
+  checkInterface,
+  isUnspecifiedV6,
+  parseUdpAddress,
+  resolveHost,
+} from "./_address.ts";
 import { bindDeno, denoListenDatagram, denoUnsupported } from "./_deno.ts";
 import { bindNode } from "./_node.ts";
 import { socketControl } from "./_socket_control.ts";
@@ -159,7 +165,12 @@ export async function bind(address: string, options: BindOptions = {}): Promise<
   const listen = denoListenDatagram();
   const denoRefusal = listen === undefined
     ? "Deno.listenDatagram is not offered here (run with --unstable-net)"
-    : denoUnsupported(transportOptions, family === 6 || settings.broadcast || canReadInterfaces());
+    : denoUnsupported(
+      transportOptions,
+      // Only a socket that reaches IPv4 needs the broadcast addresses: an
+      // IPv4 one, or a dual-stack one bound to "::" (via ::ffff:a.b.c.d).
+      !(family === 4 || isUnspecifiedV6(hostname)) || canReadInterfaces(),
+    );
   if (options.implementation === "deno" && denoRefusal !== undefined) {
     throw new TypeError(
       `Cannot bind "${address}" with implementation "deno": ${denoRefusal}`,
