@@ -16,16 +16,18 @@ export interface Endpoint {
   family: Family;
 }
 
-const IPV4_PATTERN = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+const OCTET = "(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)";
+/** Dotted decimal, each octet without leading zeros (which resolvers may read as octal). */
+const IPV4_PATTERN = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
+/** What a resolver would read as an IPv4 address in some other form: 127.1, 010.0.0.1, 2130706433. */
+const NUMERIC_HOST_PATTERN = /^[0-9.]+$/;
 const HOST_NAME_PATTERN =
   /^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$/;
 
 /** The four octets of an IPv4 literal, or undefined if `host` is not one. */
 export function ipv4Octets(host: string): number[] | undefined {
   const match = IPV4_PATTERN.exec(host);
-  if (!match) return undefined;
-  const octets = match.slice(1).map(Number);
-  return octets.every((octet) => octet <= 255) ? octets : undefined;
+  return match ? match.slice(1).map(Number) : undefined;
 }
 
 /** Whether `host` is an IPv6 literal (with an optional `%zone`). */
@@ -81,6 +83,11 @@ export function parseUdpAddress(address: string, role: "bind" | "send"): Endpoin
     hostname = "0.0.0.0";
   }
   const family = familyOf(hostname);
+  if (family === 0 && NUMERIC_HOST_PATTERN.test(hostname)) {
+    throw new AddressError(
+      `Cannot ${what} "${address}": "${hostname}" is not an IPv4 address in dotted decimal (four numbers from 0 to 255, without leading zeros)`,
+    );
+  }
   if (family === 0 && (hostname.includes(":") || !HOST_NAME_PATTERN.test(hostname))) {
     throw new AddressError(
       `Cannot ${what} "${address}": "${hostname}" is neither an IP address nor a host name`,

@@ -5,6 +5,7 @@ import { SenderAddresses } from "./_address.ts";
 import {
   Inbox,
   type ReceivedDatagram,
+  receiveError,
   Slab,
   type Transport,
   type TransportOptions,
@@ -57,10 +58,11 @@ export function denoUnsupported(
       "(grant --allow-sys=networkInterfaces, or bind with { broadcast: true })";
   }
   if (
-    options.multicastInterface !== undefined && options.multicastInterface !== options.hostname
+    options.multicastInterface !== undefined &&
+    (options.multicastInterface !== options.hostname || Deno.build.os !== "linux")
   ) {
-    return "it cannot choose the multicast interface of a socket bound to another address " +
-      `(bind to ${options.multicastInterface} itself)`;
+    return "it cannot set the multicast interface (only Linux sends by the bound address's " +
+      `interface, so bind to ${options.multicastInterface} itself there)`;
   }
   if (options.multicastTTL !== undefined && options.multicastTTL !== 1) {
     return "it cannot set the multicast TTL";
@@ -121,17 +123,20 @@ class DenoTransport implements Transport {
    * kernel's smaller buffer, and both implementations lose the same.
    */
   async #read(): Promise<void> {
-    try {
-      for (;;) {
+    for (;;) {
+      try {
         const [view, from] = await this.#conn.receive(this.#buffer);
         this.#inbox.deliver({
           data: this.#slab.copy(view),
           from: this.#senders.format(from.hostname, from.port),
         });
-      }
-    } catch (error) {
-      if (!this.#closed) {
-        this.#inbox.fail(new Error(`Receiving failed: ${error}`, { cause: error }));
+      } catch (error) {
+        if (this.#closed) return;
+        // Windows reports an earlier send's ICMP "port unreachable" on the
+        // next receive; the socket is fine (libuv, under node:dgram, ignores it too).
+        if (error instanceof Deno.errors.ConnectionReset) continue;
+        this.#inbox.fail(receiveError(this, error));
+        return;
       }
     }
   }

@@ -6,6 +6,7 @@ import { SenderAddresses } from "./_address.ts";
 import {
   Inbox,
   type ReceivedDatagram,
+  receiveError,
   Slab,
   type Transport,
   type TransportOptions,
@@ -52,6 +53,7 @@ class NodeTransport implements Transport {
   #socket: dgram.Socket;
   #inbox: Inbox;
   #closing: Promise<void> | undefined;
+  #sending = new Set<(reason: Error) => void>();
 
   constructor(socket: dgram.Socket, maxQueuedBytes: number) {
     this.#socket = socket;
@@ -68,7 +70,7 @@ class NodeTransport implements Transport {
       });
     });
     socket.on("error", (error: Error) => {
-      this.#inbox.fail(new Error(`Receiving failed: ${error.message}`, { cause: error }));
+      this.#inbox.fail(receiveError(this, error));
     });
   }
 
@@ -78,7 +80,14 @@ class NodeTransport implements Transport {
 
   send(data: Uint8Array, hostname: string, port: number): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.#socket.send(data, port, hostname, (error) => error ? reject(error) : resolve());
+      // node:dgram never calls back a send that close() overtook: close()
+      // rejects what is still pending instead.
+      this.#sending.add(reject);
+      this.#socket.send(data, port, hostname, (error) => {
+        this.#sending.delete(reject);
+        if (error) reject(error);
+        else resolve();
+      });
     });
   }
 
@@ -99,6 +108,8 @@ class NodeTransport implements Transport {
   close(reason: Error): Promise<void> {
     if (!this.#closing) {
       this.#inbox.fail(reason);
+      for (const reject of this.#sending) reject(reason);
+      this.#sending.clear();
       this.#closing = closeQuietly(this.#socket);
     }
     return this.#closing;

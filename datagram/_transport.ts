@@ -2,6 +2,7 @@
 // implementations share. Only siblings import this file.
 
 import { type Deferred, deferred, messageOf } from "../comm/_util.ts";
+import { formatUdpAddress } from "./_address.ts";
 import { Queue, waitInLine } from "../comm/_queue.ts";
 
 /** One received datagram: its bytes, owned by the receiver, and its sender's `udp://` address. */
@@ -28,6 +29,12 @@ export interface Transport {
   /** Closes the socket; pending and later receives reject with `reason`. */
   close(reason: Error): Promise<void>;
 }
+
+/**
+ * What a queued datagram costs beyond its payload (its objects), so that a
+ * flood of empty datagrams is bounded too.
+ */
+export const DATAGRAM_OVERHEAD_BYTES = 128;
 
 /** Bytes per slab that received datagrams are copied into. */
 const SLAB_BYTES = 64 * 1024;
@@ -65,6 +72,17 @@ export class Slab {
 
 /** The options of a socket that it keeps after binding. */
 export type SocketSettings = Omit<TransportOptions, "hostname" | "port" | "family">;
+
+/** The error that ends a socket's receiving, other than closing it. */
+export function receiveError(
+  transport: { hostname: string; port: number },
+  error: unknown,
+): Error {
+  return withContext(
+    error,
+    `Cannot receive on "${formatUdpAddress(transport.hostname, transport.port)}"`,
+  );
+}
 
 /** What `bind()` asks of a transport. */
 export interface TransportOptions {
@@ -110,7 +128,7 @@ export class Inbox {
       waiter.resolve(datagram);
       return;
     }
-    const size = datagram.data.byteLength;
+    const size = datagram.data.byteLength + DATAGRAM_OVERHEAD_BYTES;
     if (this.#ready.length > 0 && this.#readyBytes + size > this.#maxBytes) {
       this.dropped++;
       return;
@@ -125,7 +143,7 @@ export class Inbox {
     if (signal?.aborted) return Promise.reject(signal.reason);
     const datagram = this.#ready.shift();
     if (datagram) {
-      this.#readyBytes -= datagram.data.byteLength;
+      this.#readyBytes -= datagram.data.byteLength + DATAGRAM_OVERHEAD_BYTES;
       return Promise.resolve(datagram);
     }
     return signal ? waitInLine(this.#waiters, signal) : this.#wait();

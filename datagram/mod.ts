@@ -6,8 +6,9 @@
  * `receive()` move bytes, `sendMessage()` and `receiveMessage()` one msgpack
  * value per datagram, and iterating it yields what arrives. It runs under
  * plain `deno run --allow-net`, on `node:dgram`, and on
- * `Deno.listenDatagram` where `--unstable-net` offers it, with the same
- * behaviour on both.
+ * `Deno.listenDatagram` where `--unstable-net` offers it (IPv4 sockets also
+ * need `--allow-sys=networkInterfaces` there, to refuse broadcasts), with the
+ * same behaviour on both.
  *
  * ```ts
  * import { bind } from "@x/comm/datagram";

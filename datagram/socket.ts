@@ -136,6 +136,8 @@ export interface ReceiveOptions {
   /**
    * Stops waiting: the receive rejects with the signal's reason. A datagram
    * that arrives later waits for the next receive; nothing is lost.
+   *
+   * @default {undefined}
    */
   signal?: AbortSignal;
 }
@@ -164,6 +166,8 @@ export interface MessagesOptions extends ReceiveOptions {
    * Called with each datagram that does not decode, which is then skipped.
    * Without it, such a datagram ends the iteration by throwing a
    * {@linkcode DatagramDecodeError} (the socket stays open).
+   *
+   * @default {undefined}
    */
   onInvalid?: (error: DatagramDecodeError) => void;
 }
@@ -212,8 +216,8 @@ interface Destination {
  * `receive()` gets a different datagram, in the order the calls were made.
  *
  * Iterating the socket yields datagrams until it is closed; breaking out of
- * the loop leaves it open. Close it when done (`await using` does): on
- * `node:dgram` an open socket keeps the process running, as in Node.
+ * the loop leaves it open. Close it when done (`await using` does): an open
+ * socket keeps the process running, as in Node.
  *
  * @example Echoing each datagram back to its sender
  * ```ts
@@ -275,7 +279,10 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     return this.#closed;
   }
 
-  /** The largest payload one datagram can carry: 65,507 bytes over IPv4, 65,527 over IPv6. */
+  /**
+   * The largest payload one datagram can carry: 65,507 bytes over IPv4,
+   * 65,527 over IPv6 (but 65,507 to an IPv4-mapped address, `::ffff:a.b.c.d`).
+   */
   get maxDatagramBytes(): number {
     return this.#family === 6 ? MAX_DATAGRAM_BYTES_IPV6 : MAX_DATAGRAM_BYTES;
   }
@@ -305,6 +312,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
    *
    * @param data The payload, at most {@linkcode DatagramSocket.maxDatagramBytes}.
    * @param to The destination, such as `udp://127.0.0.1:5000`.
+   * @throws {TypeError} If `data` is not a Uint8Array.
    * @throws {DatagramTooLargeError} If `data` does not fit in one datagram.
    * @throws {AddressError} If `to` is malformed, of the other IP version,
    * or a broadcast address on a socket bound without `broadcast: true`.
@@ -314,10 +322,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     if (!(data instanceof Uint8Array)) {
       throw new TypeError(`Cannot send ${describe(data)}: expected a Uint8Array`);
     }
-    if (data.byteLength > this.maxDatagramBytes) {
-      throw this.#tooLarge(data.byteLength, to, "");
-    }
-    await this.#send(data, to);
+    await this.#send(data, to, "the payload");
   }
 
   /**
@@ -339,9 +344,9 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
    * @returns The datagram and its sender's address.
    * @throws {CommClosedError} If the socket is or becomes closed.
    */
-  receive(options: ReceiveOptions = {}): Promise<Datagram> {
+  receive(options?: ReceiveOptions): Promise<Datagram> {
     if (this.#closed) return Promise.reject(this.#closedError("receive"));
-    return this.#transport.receive(options.signal);
+    return this.#transport.receive(options?.signal ?? undefined);
   }
 
   /**
@@ -373,9 +378,16 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
         `Cannot send a message holding Serialized payloads as a datagram: they need frames of their own`,
       );
     }
-    const size = frames[0].byteLength;
-    if (size > this.maxDatagramBytes) throw this.#tooLarge(size, to, "message encoded to ");
-    await this.#send(this.#codec.firstFrameShared ? frames[0].slice() : frames[0], to);
+    const body = frames[0];
+    if (body.byteLength > MAX_DATAGRAM_BYTES_IPV6) {
+      // Too large for any destination: fail before copying it.
+      throw this.#tooLarge(body.byteLength, to, "the encoded message", this.maxDatagramBytes);
+    }
+    await this.#send(
+      this.#codec.firstFrameShared ? body.slice() : body,
+      to,
+      "the encoded message",
+    );
   }
 
   /**
@@ -495,21 +507,18 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
    * @throws {CommClosedError} If the socket is closed.
    */
   async joinMulticast(group: string, options: MulticastOptions = {}): Promise<void> {
-    const [key, networkInterface] = this.#membership("join", group, options);
+    const [key, context] = this.#membership("join", group, options);
     if (this.#memberships.has(key)) {
-      throw new TypeError(
-        `Cannot join multicast group ${group} on interface ${networkInterface}: this socket has already joined it`,
-      );
+      throw new TypeError(`${context}: this socket has already joined it`);
     }
-    try {
-      await this.#transport.join(group, networkInterface);
-    } catch (error) {
-      throw withContext(
-        error,
-        `Cannot join multicast group ${group} on interface ${networkInterface}`,
-      );
-    }
+    // Taken before the join, so that a second join at the same time is refused alike.
     this.#memberships.add(key);
+    try {
+      await this.#transport.join(group, key.slice(key.indexOf("%") + 1));
+    } catch (error) {
+      this.#memberships.delete(key);
+      throw withContext(error, context);
+    }
   }
 
   /**
@@ -532,20 +541,16 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
    * @throws {CommClosedError} If the socket is closed.
    */
   async leaveMulticast(group: string, options: MulticastOptions = {}): Promise<void> {
-    const [key, networkInterface] = this.#membership("leave", group, options);
+    const [key, context] = this.#membership("leave", group, options);
     if (!this.#memberships.has(key)) {
-      throw new TypeError(
-        `Cannot leave multicast group ${group} on interface ${networkInterface}: this socket has not joined it there`,
-      );
+      throw new TypeError(`${context}: this socket has not joined it there`);
     }
     this.#memberships.delete(key);
     try {
-      await this.#transport.leave(group, networkInterface);
+      await this.#transport.leave(group, key.slice(key.indexOf("%") + 1));
     } catch (error) {
-      throw withContext(
-        error,
-        `Cannot leave multicast group ${group} on interface ${networkInterface}`,
-      );
+      if (!this.#closed) this.#memberships.add(key);
+      throw withContext(error, context);
     }
   }
 
@@ -571,7 +576,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     if (!this.#closing) {
       this.#closed = true;
       this.#closing = this.#transport.close(
-        new CommClosedError(`The datagram socket ${this.#address} was closed while receiving`),
+        new CommClosedError(`Cannot receive: the datagram socket "${this.#address}" was closed`),
       );
     }
     return this.#closing;
@@ -611,9 +616,12 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     return iterator;
   }
 
-  async #send(data: Uint8Array, to: string): Promise<void> {
+  async #send(data: Uint8Array, to: string, what: string): Promise<void> {
     if (this.#closed) throw this.#closedError(`send to "${to}"`);
     const destination = this.#destinations.get(to) ?? await this.#destination(to);
+    // An IPv4-mapped destination travels over IPv4, with IPv4's limit.
+    const limit = destination.ipv4 === undefined ? MAX_DATAGRAM_BYTES_IPV6 : MAX_DATAGRAM_BYTES;
+    if (data.byteLength > limit) throw this.#tooLarge(data.byteLength, to, what, limit);
     if (!this.#broadcast && destination.ipv4 !== undefined && isBroadcast(destination.ipv4)) {
       throw new AddressError(
         `Cannot send to "${to}": it is a broadcast address, and this socket was bound without { broadcast: true }`,
@@ -635,7 +643,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
       : parsed as { hostname: string; family: 4 | 6 };
     if (family !== this.#family) {
       throw new AddressError(
-        `Cannot send to "${to}": it is an IPv${family} address and this socket is IPv${this.#family} (bound to ${this.#address}); bind an IPv${family} address to reach it`,
+        `Cannot send to "${to}": it is an IPv${family} address and this socket is IPv${this.#family} (bound to "${this.#address}"); bind an IPv${family} address to reach it`,
       );
     }
     const destination = { hostname, port: parsed.port, ipv4: ipv4Of(hostname, family) };
@@ -662,10 +670,10 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     return withContext(error, `Cannot send to "${to}"`);
   }
 
-  #tooLarge(size: number, to: string, what: string): DatagramTooLargeError {
-    const limit = this.maxDatagramBytes;
+  #tooLarge(size: number, to: string, what: string, limit: number): DatagramTooLargeError {
+    const version = limit === MAX_DATAGRAM_BYTES ? 4 : 6;
     return new DatagramTooLargeError(
-      `Cannot send to "${to}": the ${what}${size} bytes, more than one datagram carries over IPv${this.#family} (${limit} bytes); split it, or use a stream comm`,
+      `Cannot send to "${to}": ${what} has ${size} bytes, more than one datagram carries over IPv${version} (${limit}); split it, or use a stream comm`,
       size,
       limit,
     );
@@ -675,7 +683,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     verb: "join" | "leave",
     group: string,
     options: MulticastOptions,
-  ): [key: string, networkInterface: string] {
+  ): [key: string, context: string] {
     if (this.#closed) throw this.#closedError(`${verb} a multicast group`);
     if (this.#family !== 4) {
       throw new TypeError(
@@ -694,8 +702,11 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     const bound = this.#transport.hostname;
     const networkInterface = options.interface ?? this.#multicastInterface ??
       (bound === "0.0.0.0" || isMulticastV4(bound) ? "0.0.0.0" : bound);
-    checkInterface(`Cannot ${verb} multicast group ${group}`, networkInterface);
-    return [`${group}%${networkInterface}`, networkInterface];
+    checkInterface(`Cannot ${verb} multicast group "${group}"`, networkInterface);
+    return [
+      `${group}%${networkInterface}`,
+      `Cannot ${verb} multicast group "${group}" on interface "${networkInterface}"`,
+    ];
   }
 
   #decode<T>(datagram: Datagram): DatagramMessage<T> {
@@ -704,7 +715,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
       return { message: this.#codec.decode([datagram.data]) as T, from: datagram.from };
     } catch (error) {
       throw new DatagramDecodeError(
-        `Datagram of ${datagram.data.byteLength} bytes from ${datagram.from} is not a message: ${
+        `Cannot decode the datagram of ${datagram.data.byteLength} bytes from "${datagram.from}": ${
           messageOf(error)
         }`,
         datagram.data,
@@ -716,7 +727,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
 
   #closedError(what: string, cause?: unknown): CommClosedError {
     return new CommClosedError(
-      `Cannot ${what}: the datagram socket ${this.#address} is closed`,
+      `Cannot ${what}: the datagram socket "${this.#address}" is closed`,
       cause === undefined ? undefined : { cause },
     );
   }

@@ -5,10 +5,11 @@
  * @module
  */
 
-import { checkSize, describe } from "../comm/_util.ts";
+import { abortable, checkSize, describe } from "../comm/_util.ts";
 import {
   canReadInterfaces,
   checkInterface,
+  ipv4Of,
   isUnspecifiedV6,
   parseUdpAddress,
   resolveHost,
@@ -26,7 +27,7 @@ import {
 import "./socket.ts";
 import type { DatagramImplementation, DatagramSocket } from "./socket.ts";
 
-/** What `node:dgram` may queue for a socket whose reader falls behind. */
+/** What a socket may queue for a reader that falls behind. */
 const DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024;
 /**
  * Options for {@linkcode bind}.
@@ -82,10 +83,11 @@ export interface BindOptions {
   multicastLoopback?: boolean;
   /**
    * A socket reads datagrams as they arrive, whether or not anyone is
-   * receiving (as Node's sockets do), into a queue of at most this many
-   * bytes; datagrams that would overflow it are dropped and counted in
+   * receiving (as Node's sockets do), into a queue of about this many bytes
+   * (each datagram counts its payload and 128 bytes more); datagrams that
+   * would overflow it are dropped and counted in
    * {@linkcode DatagramSocket.dropped}, as the kernel drops them when its own
-   * (smaller) buffer is full.
+   * (smaller) buffer is full. An empty queue always takes one datagram.
    *
    * @default {4194304} (4 MiB)
    */
@@ -105,6 +107,13 @@ export interface BindOptions {
    * @default {"auto"}
    */
   implementation?: "auto" | DatagramImplementation;
+  /**
+   * Stops waiting for the host name to resolve: `bind()` rejects with the
+   * signal's reason.
+   *
+   * @default {undefined}
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -138,14 +147,18 @@ export interface BindOptions {
  * or its host does not resolve.
  * @throws {TypeError} If an option is invalid, or `implementation: "deno"`
  * cannot be honoured here.
+ * @throws {RangeError} If `multicastTTL` or `maxQueuedBytes` is out of range.
  * @throws {Deno.errors.AddrInUse} If another socket holds the address.
  * @throws {Deno.errors.AddrNotAvailable} If the host is not this machine's.
  */
 export async function bind(address: string, options: BindOptions = {}): Promise<DatagramSocket> {
   const endpoint = parseUdpAddress(address, "bind");
   const settings = checkBindOptions(address, options);
+  options.signal?.throwIfAborted();
   const { hostname, family } = endpoint.family === 0
-    ? await resolveHost(endpoint.hostname, 0, address)
+    ? await (options.signal
+      ? abortable(resolveHost(endpoint.hostname, 0, address), options.signal)
+      : resolveHost(endpoint.hostname, 0, address))
     : endpoint as { hostname: string; family: 4 | 6 };
   if (family === 6 && settings.broadcast) {
     throw new TypeError(`Cannot bind "${address}" with broadcast: IPv6 has no broadcast`);
@@ -168,8 +181,9 @@ export async function bind(address: string, options: BindOptions = {}): Promise<
     : denoUnsupported(
       transportOptions,
       // Only a socket that reaches IPv4 needs the broadcast addresses: an
-      // IPv4 one, or a dual-stack one bound to "::" (via ::ffff:a.b.c.d).
-      !(family === 4 || isUnspecifiedV6(hostname)) || canReadInterfaces(),
+      // IPv4 one, or an IPv6 one bound to "::" or to ::ffff:a.b.c.d.
+      !(family === 4 || isUnspecifiedV6(hostname) || ipv4Of(hostname, family) !== undefined) ||
+        canReadInterfaces(),
     );
   if (options.implementation === "deno" && denoRefusal !== undefined) {
     throw new TypeError(

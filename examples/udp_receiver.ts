@@ -17,7 +17,9 @@ import { bind } from "@x/comm/datagram";
 const args = [...Deno.args];
 const countAt = args.indexOf("--count");
 const count = countAt === -1 ? Infinity : Number(args.splice(countAt, 2)[1]);
-if (!(count > 0)) throw new TypeError("--count takes a positive number of messages");
+if (count !== Infinity && !(Number.isInteger(count) && count > 0)) {
+  throw new TypeError("--count takes a positive whole number of messages");
+}
 const address = args[0] ?? "udp://127.0.0.1:9999";
 
 await using socket = await bind(address);

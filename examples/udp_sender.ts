@@ -13,7 +13,7 @@
  * @module
  */
 
-import { bind } from "@x/comm/datagram";
+import { bind, DatagramDecodeError } from "@x/comm/datagram";
 
 const to = Deno.args[0] ?? "udp://127.0.0.1:9999";
 const count = Number(Deno.args[1] ?? 5);
@@ -37,8 +37,14 @@ async function waitForAck(seq: number): Promise<boolean> {
   const signal = AbortSignal.timeout(ACK_WAIT_MS);
   try {
     for (;;) {
-      const { message } = await socket.receiveMessage<{ ack?: number }>({ signal });
-      if (message?.ack === seq) return true;
+      try {
+        const { message } = await socket.receiveMessage<{ ack?: number }>({ signal });
+        if (message?.ack === seq) return true;
+      } catch (error) {
+        // Anyone can send us a datagram: skip what is not a message.
+        if (!(error instanceof DatagramDecodeError)) throw error;
+        console.log(`skipped: ${error.message}`);
+      }
     }
   } catch (error) {
     if (signal.aborted) return false;

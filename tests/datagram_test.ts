@@ -364,7 +364,7 @@ for (const implementation of IMPLEMENTATIONS) {
         const error = await assertRejects(
           () => sender.send(new Uint8Array(max + 1), receiver.address),
           DatagramTooLargeError,
-          `more than one datagram carries over ${family} (${max} bytes)`,
+          `more than one datagram carries over ${family} (${max})`,
         );
         assertInstanceOf(error, RangeError);
         assertEquals(error.name, "DatagramTooLargeError");
@@ -376,7 +376,7 @@ for (const implementation of IMPLEMENTATIONS) {
         const overByOne = await assertRejects(
           () => sender.sendMessage(new Uint8Array(max - 2), receiver.address),
           DatagramTooLargeError,
-          "message encoded to",
+          "the encoded message has",
         );
         assertEquals(overByOne.size, max + 1);
         assertEquals(overByOne.limit, max);
@@ -430,7 +430,7 @@ for (const implementation of IMPLEMENTATIONS) {
           const error = await assertRejects(
             () => within(receiver.receiveMessage(), "an undecodable datagram"),
             DatagramDecodeError,
-            `bytes from ${sender.address} is not a message`,
+            `bytes from "${sender.address}": `,
           );
           assertEquals(error.name, "DatagramDecodeError");
           assertEquals(error.data, data);
@@ -628,7 +628,7 @@ for (const implementation of IMPLEMENTATIONS) {
         const pending = assertRejects(
           () => within(socket.receive(), "receive() to reject"),
           CommClosedError,
-          "was closed while receiving",
+          "was closed",
         );
         const withSignal = assertRejects(
           () =>
@@ -1266,7 +1266,7 @@ Deno.test({
       [
         `udp://${group}:0`,
         { multicastInterface: "127.0.0.1", reuseAddress: true },
-        "cannot choose the multicast interface of a socket bound to another address",
+        "it cannot set the multicast interface",
       ],
     ];
     for (const [address, options, why] of dishonourable) {
