@@ -36,7 +36,7 @@ from distributed.comm import CommClosedError, connect, listen
 from distributed.protocol import to_serialize
 from distributed.protocol.serialize import Serialized, ToPickle
 
-from _stdin_watch import watch_stdin
+from _stdin_watch import run_bounded, watch_stdin
 
 TIMEOUT = 60
 LARGE = 64 * 1024
@@ -305,13 +305,5 @@ async def main(argv):
     return 64
 
 
-async def bounded(argv):
-    try:
-        return await asyncio.wait_for(main(argv), TIMEOUT)
-    except asyncio.TimeoutError:
-        log(f"gave up after {TIMEOUT} s")
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(asyncio.run(bounded(sys.argv[1:])))
+    sys.exit(run_bounded(main, sys.argv[1:], TIMEOUT, log))

@@ -50,11 +50,10 @@ import base64
 import json
 import signal
 import sys
-import traceback
 
 from distributed.core import ConnectionPool, Server, rpc
 
-from _stdin_watch import watch_stdin
+from _stdin_watch import run_bounded, watch_stdin
 
 TIMEOUT = 60
 
@@ -168,16 +167,5 @@ async def main(argv):
     return 64
 
 
-async def bounded(argv):
-    try:
-        return await asyncio.wait_for(main(argv), TIMEOUT)
-    except asyncio.TimeoutError:
-        log(f"gave up after {TIMEOUT} s")
-        return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(asyncio.run(bounded(sys.argv[1:])))
+    sys.exit(run_bounded(main, sys.argv[1:], TIMEOUT, log))

@@ -49,11 +49,10 @@ import json
 import socket
 import struct
 import sys
-import traceback
 
 sys.dont_write_bytecode = True  # Leave tests/testdata/__pycache__ alone.
 
-from _stdin_watch import watch_stdin  # noqa: E402
+from _stdin_watch import run_bounded, watch_stdin  # noqa: E402
 
 TIMEOUT = 60
 RECEIVE_BYTES = 65536
@@ -345,16 +344,5 @@ async def main(argv):
         return 3
 
 
-async def bounded(argv):
-    try:
-        return await asyncio.wait_for(main(argv), TIMEOUT)
-    except asyncio.TimeoutError:
-        log(f"gave up after {TIMEOUT} s")
-        return 2
-    except Exception:  # noqa: BLE001 - the test reads stderr
-        log("failed:\n" + traceback.format_exc())
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(asyncio.run(bounded(sys.argv[1:])))
+    sys.exit(run_bounded(main, sys.argv[1:], TIMEOUT, log))
