@@ -19,8 +19,11 @@ export interface Endpoint {
 const OCTET = "(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)";
 /** Dotted decimal, each octet without leading zeros (which resolvers may read as octal). */
 const IPV4_PATTERN = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
-/** What a resolver would read as an IPv4 address in some other form: 127.1, 010.0.0.1, 2130706433. */
-const NUMERIC_HOST_PATTERN = /^[0-9.]+$/;
+/**
+ * What a resolver (inet_aton) would read as an IPv4 address in another form:
+ * 127.1, 010.0.0.1, 0x7f.0.0.1, 2130706433.
+ */
+const NUMERIC_HOST_PATTERN = /^((0x[0-9a-f]*|\d+)\.){0,3}(0x[0-9a-f]*|\d+)\.?$/i;
 const HOST_NAME_PATTERN =
   /^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$/;
 

@@ -96,13 +96,12 @@ class NodeTransport implements Transport {
   }
 
   join(group: string, networkInterface: string): Promise<void> {
-    this.#socket.addMembership(group, networkInterface);
-    return Promise.resolve();
+    // node:dgram throws at once; the socket layer expects a rejection.
+    return settle(() => this.#socket.addMembership(group, networkInterface));
   }
 
   leave(group: string, networkInterface: string): Promise<void> {
-    this.#socket.dropMembership(group, networkInterface);
-    return Promise.resolve();
+    return settle(() => this.#socket.dropMembership(group, networkInterface));
   }
 
   close(reason: Error): Promise<void> {
@@ -113,6 +112,15 @@ class NodeTransport implements Transport {
       this.#closing = closeQuietly(this.#socket);
     }
     return this.#closing;
+  }
+}
+
+function settle(action: () => void): Promise<void> {
+  try {
+    action();
+    return Promise.resolve();
+  } catch (error) {
+    return Promise.reject(error);
   }
 }
 

@@ -248,6 +248,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
   #closing: Promise<void> | undefined;
   #destinations = new Map<string, Destination>();
   #memberships = new Set<string>();
+  #joining = new Map<string, Promise<void>>();
   #codec: Codec | undefined;
 
   static {
@@ -511,13 +512,18 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     if (this.#memberships.has(key)) {
       throw new TypeError(`${context}: this socket has already joined it`);
     }
-    // Taken before the join, so that a second join at the same time is refused alike.
+    // Taken before the join, so that a second join at the same time is
+    // refused alike, and a leave meanwhile waits for it.
     this.#memberships.add(key);
+    const joining = this.#transport.join(group, key.slice(key.indexOf("%") + 1));
+    this.#joining.set(key, joining);
     try {
-      await this.#transport.join(group, key.slice(key.indexOf("%") + 1));
+      await joining;
     } catch (error) {
       this.#memberships.delete(key);
       throw withContext(error, context);
+    } finally {
+      this.#joining.delete(key);
     }
   }
 
@@ -542,6 +548,7 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
    */
   async leaveMulticast(group: string, options: MulticastOptions = {}): Promise<void> {
     const [key, context] = this.#membership("leave", group, options);
+    await this.#joining.get(key)?.catch(() => {});
     if (!this.#memberships.has(key)) {
       throw new TypeError(`${context}: this socket has not joined it there`);
     }
@@ -630,7 +637,12 @@ export class DatagramSocket implements AsyncIterable<Datagram>, AsyncDisposable 
     try {
       await this.#transport.send(data, destination.hostname, destination.port);
     } catch (error) {
-      if (this.#closed) throw this.#closedError(`send to "${to}"`, error);
+      if (this.#closed) {
+        throw this.#closedError(
+          `send to "${to}"`,
+          error instanceof CommClosedError ? undefined : error,
+        );
+      }
       throw this.#sendError(error, to, destination);
     }
   }

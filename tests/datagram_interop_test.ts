@@ -10,13 +10,16 @@
 // python3-msgpack), the "deno" ones without --unstable-net, the IPv6 ones
 // where ::1 cannot be bound.
 //
-// Loopback UDP loses a datagram only when the receiver's buffer is full: the
-// "deno" implementation leaves datagrams in the kernel's buffer until
-// receive() asks, and Linux's default of 208 KiB holds only 92 datagrams of
-// 1,000 bytes, or 3 of 64 KiB. So neither side sends more than one group
-// ahead of its reader: at most GROUP_COUNT datagrams and GROUP_BYTES bytes
-// (or a single larger datagram), then it waits for the other side to catch
-// up. Nothing may be lost, and the tests say so.
+// Loopback UDP loses a datagram only when a receiver's buffer is full. Both
+// of our implementations read datagrams as they arrive, whether or not
+// receive() asks, into a queue bounded by maxQueuedBytes (4 MiB by default),
+// but only when this process's event loop gets to run; until then, and on
+// Python's side until its asyncio loop reads, datagrams wait in the kernel's
+// buffer, and Linux's default of 208 KiB holds only 92 datagrams of 1,000
+// bytes, or 3 of 64 KiB. So neither side sends more than one group ahead of
+// its reader: at most GROUP_COUNT datagrams and GROUP_BYTES bytes (or a
+// single larger datagram), then it waits for the other side to catch up.
+// Nothing may be lost, and the tests say so.
 
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
