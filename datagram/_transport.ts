@@ -1,7 +1,7 @@
 // What a datagram socket needs from the runtime, and the inbox both
 // implementations share. Only siblings import this file.
 
-import { type Deferred, deferred, messageOf } from "../comm/_util.ts";
+import { type Deferred, messageOf } from "../comm/_util.ts";
 import { formatUdpAddress } from "./_address.ts";
 import { Queue, waitInLine } from "../comm/_queue.ts";
 
@@ -34,7 +34,7 @@ export interface Transport {
  * What a queued datagram costs beyond its payload (its objects), so that a
  * flood of empty datagrams is bounded too.
  */
-export const DATAGRAM_OVERHEAD_BYTES = 128;
+const DATAGRAM_OVERHEAD_BYTES = 128;
 
 /** Bytes per slab that received datagrams are copied into. */
 const SLAB_BYTES = 64 * 1024;
@@ -115,11 +115,6 @@ export class Inbox {
     this.#maxBytes = maxBytes;
   }
 
-  /** Whether the inbox is closed. */
-  get failed(): boolean {
-    return this.#failure !== undefined;
-  }
-
   /** Hands a datagram to the first waiter, or queues it. */
   deliver(datagram: ReceivedDatagram): void {
     if (this.#failure) return;
@@ -146,13 +141,7 @@ export class Inbox {
       this.#readyBytes -= datagram.data.byteLength + DATAGRAM_OVERHEAD_BYTES;
       return Promise.resolve(datagram);
     }
-    return signal ? waitInLine(this.#waiters, signal) : this.#wait();
-  }
-
-  #wait(): Promise<ReceivedDatagram> {
-    const waiter = deferred<ReceivedDatagram>();
-    this.#waiters.push(waiter);
-    return waiter.promise;
+    return waitInLine(this.#waiters, signal);
   }
 
   /** Closes the inbox: queued datagrams are dropped, waiters reject. */
