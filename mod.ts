@@ -37,6 +37,7 @@ export * from "./comm/registry.ts";
 export * from "./comm/rpc.ts";
 export * from "./comm/serialized.ts";
 export * from "./comm/server.ts";
+export * from "./comm/switchboard.ts";
 export { type ByteStream, StreamComm, type StreamCommOptions } from "./comm/stream_comm.ts";
 export * from "./comm/tcp.ts";
 export * from "./comm/tls.ts";

@@ -8,6 +8,7 @@
 import { Decoder, Encoder } from "@msgpack/msgpack";
 import { ProtocolError } from "./errors.ts";
 import { Serialized } from "./serialized.ts";
+import { TO_WIRE, type WireValue } from "./_wire_value.ts";
 
 /** Turns a message into frames and frames into a message. */
 export interface Codec {
@@ -106,7 +107,10 @@ function createEncoder(replace?: (object: object) => unknown): Encoder {
   }
   internals.doEncode = function (this: EncoderInternals, object, depth) {
     if (typeof object === "object" && object !== null) {
-      if (replace !== undefined) object = replace(object);
+      if (TO_WIRE in object) object = (object as WireValue)[TO_WIRE]();
+      if (replace !== undefined && typeof object === "object" && object !== null) {
+        object = replace(object);
+      }
       if (object instanceof Set) {
         object = { [SET_KEY]: true, "as-list": [...object] };
       } else if (object instanceof Map) {
