@@ -16,7 +16,7 @@
 import { connect, listen } from "./core.ts";
 import { CommClosedError } from "./errors.ts";
 import { Queue, waitInLine } from "./_queue.ts";
-import { checkDuration, checkSize, type Deferred, deferred, describe, messageOf } from "./_util.ts";
+import { checkDuration, checkSize, type Deferred, describe, messageOf } from "./_util.ts";
 import { TO_WIRE } from "./_wire_value.ts";
 import type { Comm, ConnectOptions, Listener, ListenOptions } from "./types.ts";
 
@@ -24,6 +24,26 @@ const DEFAULT_RENDEZVOUS_TIMEOUT = 30_000;
 const DEFAULT_CAPACITY = 1024;
 const SENDER_KEY = "__Sender__";
 const CONTROL_KEY = "__switchboard__";
+
+// Hooks that the classes below fill in from their static blocks, so that
+// they reach each other's private parts without making them public.
+let receivers: {
+  create<T>(capacity: number, name: string): Receiver<T>;
+  push<T>(receiver: Receiver<T>, message: T): Promise<void>;
+  end<T>(receiver: Receiver<T>, reason: string): void;
+};
+let senders: {
+  create<T>(board: Switchboard, node: number, channel: string, ticket?: string): Sender<T>;
+};
+let broadcastSenders: {
+  create<T>(board: Switchboard, token: string, includeSelf: boolean): BroadcastSender<T>;
+};
+let boards: {
+  channel<T>(board: Switchboard, id: string): MpscChannel<T> | undefined;
+  broadcastInbox<T>(board: Switchboard, token: string): Receiver<T>;
+  openProducer(board: Switchboard, node: number, channel: string, ticket?: string): Promise<Comm>;
+  openBroadcast(board: Switchboard, node: number, token: string): Promise<Comm>;
+};
 
 /**
  * Raised by {@linkcode Switchboard.rendezvous} when some nodes were not
@@ -218,10 +238,17 @@ export class Receiver<T> implements AsyncIterable<T> {
   #ended: Error | undefined;
   #describe: string;
 
-  /** @internal Use a switchboard's `mpsc()` or `broadcastRx()`. */
-  constructor(capacity: number, describe: string) {
+  static {
+    receivers = {
+      create: <T>(capacity: number, name: string) => new Receiver<T>(capacity, name),
+      push: (receiver, message) => receiver.#push(message),
+      end: (receiver, reason) => receiver.#end(reason),
+    };
+  }
+
+  private constructor(capacity: number, name: string) {
     this.#capacity = capacity;
-    this.#describe = describe;
+    this.#describe = name;
   }
 
   /** Messages waiting to be received. */
@@ -269,7 +296,7 @@ export class Receiver<T> implements AsyncIterable<T> {
   }
 
   /** Delivers a message, waiting while the receiver holds `capacity` of them. */
-  _push(message: T): Promise<void> {
+  #push(message: T): Promise<void> {
     if (this.#ended) {
       return Promise.reject(
         new ChannelClosedError(`Cannot send on ${this.#describe}: it has ended`),
@@ -286,7 +313,7 @@ export class Receiver<T> implements AsyncIterable<T> {
   }
 
   /** Ends the channel: queued messages stay receivable, then receive() rejects. */
-  _end(reason: string): void {
+  #end(reason: string): void {
     if (this.#ended) return;
     this.#ended = new ChannelClosedError(`${this.#describe} has ended: ${reason}`);
     for (const waiter of this.#waiters.drain()) waiter.reject(this.#ended);
@@ -305,7 +332,7 @@ class MpscChannel<T> {
   #ticketCount = 0;
 
   constructor(readonly id: string, capacity: number, maxProducers: number) {
-    this.receiver = new Receiver<T>(capacity, `channel ${id}`);
+    this.receiver = receivers.create<T>(capacity, `channel ${id}`);
     this.maxProducers = maxProducers;
   }
 
@@ -334,7 +361,7 @@ class MpscChannel<T> {
 
   #maybeEnd(): void {
     if (this.producers === 0 && this.tickets.size === 0) {
-      this.receiver._end("every sender has closed");
+      receivers.end(this.receiver, "every sender has closed");
     }
   }
 }
@@ -373,14 +400,20 @@ export class Sender<T> {
   #comm: Promise<Comm> | undefined;
   #local: MpscChannel<T> | undefined;
 
-  /** @internal Use a switchboard's `mpsc()`. */
-  constructor(board: Switchboard, node: number, channel: string, ticket?: string) {
+  static {
+    senders = {
+      create: <T>(board: Switchboard, node: number, channel: string, ticket?: string) =>
+        new Sender<T>(board, node, channel, ticket),
+    };
+  }
+
+  private constructor(board: Switchboard, node: number, channel: string, ticket?: string) {
     this.#board = board;
     this.#node = node;
     this.#channel = channel;
     this.#ticket = ticket;
     if (node === board.id) {
-      const local = board._channel<T>(channel);
+      const local = boards.channel<T>(board, channel);
       if (!local) {
         throw new ChannelClosedError(`Cannot use a sender of channel ${channel}: it is gone`);
       }
@@ -417,7 +450,7 @@ export class Sender<T> {
         new ChannelClosedError(`Cannot send on channel ${this.#channel}: this sender is closed`),
       );
     }
-    if (this.#local) return this.#local.receiver._push(message);
+    if (this.#local) return receivers.push(this.#local.receiver, message);
     return this.#enqueue(async () => (await this.#open()).write(message));
   }
 
@@ -432,8 +465,8 @@ export class Sender<T> {
     if (this.#closed) {
       throw new ChannelClosedError(`Cannot clone a closed sender of channel ${this.#channel}`);
     }
-    if (this.#local) return new Sender<T>(this.#board, this.#node, this.#channel);
-    return new Sender<T>(this.#board, this.#node, this.#channel, this.#remoteTicket());
+    if (this.#local) return senders.create<T>(this.#board, this.#node, this.#channel);
+    return senders.create<T>(this.#board, this.#node, this.#channel, this.#remoteTicket());
   }
 
   /**
@@ -482,7 +515,7 @@ export class Sender<T> {
   }
 
   #open(): Promise<Comm> {
-    this.#comm ??= this.#board._openProducer(this.#node, this.#channel, this.#ticket);
+    this.#comm ??= boards.openProducer(this.#board, this.#node, this.#channel, this.#ticket);
     return this.#comm;
   }
 }
@@ -511,8 +544,14 @@ export class BroadcastSender<T> {
   #comms = new Map<number, Promise<Comm>>();
   #closed = false;
 
-  /** @internal Use a switchboard's `broadcastTx()`. */
-  constructor(board: Switchboard, token: string, includeSelf: boolean) {
+  static {
+    broadcastSenders = {
+      create: <T>(board: Switchboard, token: string, includeSelf: boolean) =>
+        new BroadcastSender<T>(board, token, includeSelf),
+    };
+  }
+
+  private constructor(board: Switchboard, token: string, includeSelf: boolean) {
     this.#board = board;
     this.#token = token;
     this.#includeSelf = includeSelf;
@@ -532,13 +571,13 @@ export class BroadcastSender<T> {
     for (let node = 0; node < this.#board.size; node++) {
       if (node === this.#board.id) {
         if (this.#includeSelf) {
-          sends.push(this.#board._broadcastInbox<T>(this.#token)._push(message));
+          sends.push(receivers.push(boards.broadcastInbox<T>(this.#board, this.#token), message));
         }
         continue;
       }
       let comm = this.#comms.get(node);
       if (!comm) {
-        comm = this.#board._openBroadcast(node, this.#token);
+        comm = boards.openBroadcast(this.#board, node, this.#token);
         this.#comms.set(node, comm);
       }
       sends.push(comm.then((c) => c.write(message)));
@@ -764,7 +803,7 @@ export class Switchboard implements AsyncDisposable {
     const id = `${this.#id}.${++this.#channelCount}`;
     const channel = new MpscChannel<T>(id, capacity, maxProducers);
     this.#channels.set(id, channel as MpscChannel<unknown>);
-    const sender = new Sender<T>(this, this.#id, id);
+    const sender = senders.create<T>(this, this.#id, id);
     return [sender, channel.receiver];
   }
 
@@ -779,7 +818,7 @@ export class Switchboard implements AsyncDisposable {
   broadcastTx<T>(token: string, options: BroadcastOptions = {}): BroadcastSender<T> {
     this.#checkOpen("broadcast");
     checkToken(token);
-    return new BroadcastSender<T>(this, token, options.includeSelf ?? false);
+    return broadcastSenders.create<T>(this, token, options.includeSelf ?? false);
   }
 
   /**
@@ -797,7 +836,7 @@ export class Switchboard implements AsyncDisposable {
       throw new TypeError(`Cannot take the receiver of broadcast "${token}" twice`);
     }
     this.#claimed.add(token);
-    return this._broadcastInbox<T>(token);
+    return this.#broadcastInbox<T>(token);
   }
 
   /**
@@ -822,8 +861,8 @@ export class Switchboard implements AsyncDisposable {
         await this.#serveProducer(comm, header.channel, header.ticket as string | undefined);
       } else if (kind === "broadcast" && typeof header.token === "string") {
         await comm.write({ ok: true });
-        const inbox = this._broadcastInbox<unknown>(header.token);
-        for await (const message of comm) await inbox._push(this.#revive(message));
+        const inbox = this.#broadcastInbox<unknown>(header.token);
+        for await (const message of comm) await receivers.push(inbox, this.#revive(message));
       } else {
         await comm.write({ ok: false, error: `Unknown switchboard request ${describe(kind)}` });
       }
@@ -858,7 +897,7 @@ export class Switchboard implements AsyncDisposable {
           channel.tickets.add((message as { ticket: string }).ticket);
           continue;
         }
-        await channel.receiver._push(this.#revive(message));
+        await receivers.push(channel.receiver, this.#revive(message));
       }
     } finally {
       channel.leave();
@@ -879,7 +918,7 @@ export class Switchboard implements AsyncDisposable {
       wire && typeof wire.node === "number" && typeof wire.channel === "string" &&
       typeof wire.ticket === "string"
     ) {
-      return new Sender(this, wire.node, wire.channel, wire.ticket);
+      return senders.create(this, wire.node, wire.channel, wire.ticket);
     }
     for (const key in record) record[key] = this.#revive(record[key], depth + 1);
     return record;
@@ -892,8 +931,10 @@ export class Switchboard implements AsyncDisposable {
     for (const wake of this.#heardWaiters.splice(0)) wake();
     await this.#listener?.close();
     await Promise.allSettled([...this.#comms].map((comm) => comm.close()));
-    for (const channel of this.#channels.values()) channel.receiver._end("the switchboard closed");
-    for (const inbox of this.#broadcasts.values()) inbox._end("the switchboard closed");
+    for (const channel of this.#channels.values()) {
+      receivers.end(channel.receiver, "the switchboard closed");
+    }
+    for (const inbox of this.#broadcasts.values()) receivers.end(inbox, "the switchboard closed");
   }
 
   /** Closes the switchboard, for `await using`. */
@@ -901,23 +942,30 @@ export class Switchboard implements AsyncDisposable {
     return this.close();
   }
 
-  /** @internal */
-  _channel<T>(id: string): MpscChannel<T> | undefined {
+  static {
+    boards = {
+      channel: (board, id) => board.#channel(id),
+      broadcastInbox: (board, token) => board.#broadcastInbox(token),
+      openProducer: (board, node, channel, ticket) => board.#openProducer(node, channel, ticket),
+      openBroadcast: (board, node, token) => board.#openBroadcast(node, token),
+    };
+  }
+
+  #channel<T>(id: string): MpscChannel<T> | undefined {
     return this.#channels.get(id) as MpscChannel<T> | undefined;
   }
 
-  /** @internal */
-  _broadcastInbox<T>(token: string): Receiver<T> {
+  #broadcastInbox<T>(token: string): Receiver<T> {
     let inbox = this.#broadcasts.get(token);
     if (!inbox) {
-      inbox = new Receiver<unknown>(Infinity, `broadcast "${token}"`);
+      inbox = receivers.create<unknown>(Infinity, `broadcast "${token}"`);
       this.#broadcasts.set(token, inbox);
     }
     return inbox as Receiver<T>;
   }
 
-  /** @internal Opens a producer's comm to a channel's node. */
-  async _openProducer(node: number, channel: string, ticket?: string): Promise<Comm> {
+  /** Opens a producer's comm to a channel's node. */
+  async #openProducer(node: number, channel: string, ticket?: string): Promise<Comm> {
     return await this.#open(
       node,
       { [CONTROL_KEY]: "mpsc", channel, ticket, from: this.#id },
@@ -925,8 +973,8 @@ export class Switchboard implements AsyncDisposable {
     );
   }
 
-  /** @internal Opens a broadcast comm to a node. */
-  async _openBroadcast(node: number, token: string): Promise<Comm> {
+  /** Opens a broadcast comm to a node. */
+  async #openBroadcast(node: number, token: string): Promise<Comm> {
     return await this.#open(
       node,
       { [CONTROL_KEY]: "broadcast", token, from: this.#id },
