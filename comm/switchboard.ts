@@ -331,9 +331,12 @@ class MpscChannel<T> {
   readonly tickets = new Set<string>();
   #ticketCount = 0;
 
-  constructor(readonly id: string, capacity: number, maxProducers: number) {
+  #onEnd: () => void;
+
+  constructor(readonly id: string, capacity: number, maxProducers: number, onEnd: () => void) {
     this.receiver = receivers.create<T>(capacity, `channel ${id}`);
     this.maxProducers = maxProducers;
+    this.#onEnd = onEnd;
   }
 
   /** A new ticket: a sender that will connect (or close) later. */
@@ -362,6 +365,7 @@ class MpscChannel<T> {
   #maybeEnd(): void {
     if (this.producers === 0 && this.tickets.size === 0) {
       receivers.end(this.receiver, "every sender has closed");
+      this.#onEnd();
     }
   }
 }
@@ -399,6 +403,7 @@ export class Sender<T> {
   #chain: Promise<unknown> = Promise.resolve();
   #comm: Promise<Comm> | undefined;
   #local: MpscChannel<T> | undefined;
+  #refused: ChannelClosedError | undefined;
 
   static {
     senders = {
@@ -413,16 +418,19 @@ export class Sender<T> {
     this.#channel = channel;
     this.#ticket = ticket;
     if (node === board.id) {
+      // A sender that comes home in a message joins directly; one refused
+      // fails its sends (and a refused clone throws).
       const local = boards.channel<T>(board, channel);
       if (!local) {
-        throw new ChannelClosedError(`Cannot use a sender of channel ${channel}: it is gone`);
-      }
-      if (!local.join(ticket)) {
-        throw new ChannelClosedError(
+        this.#refused = new ChannelClosedError(`Cannot send on channel ${channel}: it has ended`);
+      } else if (!local.join(ticket)) {
+        this.#refused = new ChannelClosedError(
           `Cannot add a sender to channel ${channel}: it accepts at most ${local.maxProducers} producers`,
         );
+      } else {
+        this.#local = local;
       }
-      this.#local = local;
+      if (this.#refused) this.#closed = true;
     }
   }
 
@@ -445,6 +453,7 @@ export class Sender<T> {
    * ended, or the channel refused this producer.
    */
   send(message: T): Promise<void> {
+    if (this.#refused) return Promise.reject(this.#refused);
     if (this.#closed) {
       return Promise.reject(
         new ChannelClosedError(`Cannot send on channel ${this.#channel}: this sender is closed`),
@@ -465,8 +474,12 @@ export class Sender<T> {
     if (this.#closed) {
       throw new ChannelClosedError(`Cannot clone a closed sender of channel ${this.#channel}`);
     }
-    if (this.#local) return senders.create<T>(this.#board, this.#node, this.#channel);
-    return senders.create<T>(this.#board, this.#node, this.#channel, this.#remoteTicket());
+    if (!this.#local) {
+      return senders.create<T>(this.#board, this.#node, this.#channel, this.#remoteTicket());
+    }
+    const clone = senders.create<T>(this.#board, this.#node, this.#channel);
+    if (clone.#refused) throw clone.#refused;
+    return clone;
   }
 
   /**
@@ -801,7 +814,7 @@ export class Switchboard implements AsyncDisposable {
       : checkSize("maxProducers", options.maxProducers, 1);
     const capacity = checkSize("capacity", options.capacity, DEFAULT_CAPACITY);
     const id = `${this.#id}.${++this.#channelCount}`;
-    const channel = new MpscChannel<T>(id, capacity, maxProducers);
+    const channel = new MpscChannel<T>(id, capacity, maxProducers, () => this.#channels.delete(id));
     this.#channels.set(id, channel as MpscChannel<unknown>);
     const sender = senders.create<T>(this, this.#id, id);
     return [sender, channel.receiver];
