@@ -34,6 +34,7 @@ let receivers: {
 };
 let senders: {
   create<T>(board: Switchboard, node: number, channel: string, ticket?: string): Sender<T>;
+  wire(sender: Sender<unknown>, undo: (() => void)[]): unknown;
 };
 let broadcastSenders: {
   create<T>(board: Switchboard, token: string, includeSelf: boolean): BroadcastSender<T>;
@@ -329,6 +330,8 @@ class MpscChannel<T> {
   producers = 0;
   /** Senders sent inside messages and not yet connected or closed. */
   readonly tickets = new Set<string>();
+  /** Tickets redeemed before their announcement arrived. */
+  #redeemedEarly = new Set<string>();
   #ticketCount = 0;
 
   #onEnd: () => void;
@@ -346,9 +349,23 @@ class MpscChannel<T> {
     return ticket;
   }
 
+  /**
+   * Counts a ticket announced by another node. Its sender may have joined
+   * already (over another comm, or home here), in which case it is done.
+   */
+  announce(ticket: string): void {
+    if (!this.#redeemedEarly.delete(ticket)) this.tickets.add(ticket);
+  }
+
+  /** Forgets a ticket whose message was never sent. */
+  cancel(ticket: string): void {
+    this.tickets.delete(ticket);
+    this.#maybeEnd();
+  }
+
   /** Adds a producer, redeeming its ticket if it has one; false past maxProducers. */
   join(ticket?: string): boolean {
-    if (ticket !== undefined) this.tickets.delete(ticket);
+    if (ticket !== undefined && !this.tickets.delete(ticket)) this.#redeemedEarly.add(ticket);
     if (this.producers + 1 > this.maxProducers) {
       this.#maybeEnd();
       return false;
@@ -409,6 +426,7 @@ export class Sender<T> {
     senders = {
       create: <T>(board: Switchboard, node: number, channel: string, ticket?: string) =>
         new Sender<T>(board, node, channel, ticket),
+      wire: (sender, undo) => sender.#wire(undo),
     };
   }
 
@@ -460,7 +478,17 @@ export class Sender<T> {
       );
     }
     if (this.#local) return receivers.push(this.#local.receiver, message);
-    return this.#enqueue(async () => (await this.#open()).write(message));
+    return this.#enqueue(async () => {
+      try {
+        await writeWithSenders(await this.#open(), message);
+      } catch (error) {
+        if (!(error instanceof CommClosedError)) throw error;
+        throw new ChannelClosedError(
+          `Cannot send on channel ${this.#channel}: the comm to node ${this.#node} is closed`,
+          { cause: error },
+        );
+      }
+    });
   }
 
   /**
@@ -506,19 +534,36 @@ export class Sender<T> {
 
   /** A sender in a message travels as a ticket for a new producer. */
   [TO_WIRE](): unknown {
+    return this.#wire();
+  }
+
+  /**
+   * The wire form: a ticket for a new producer, which `undo` forgets (for a
+   * message that was never sent).
+   */
+  #wire(undo?: (() => void)[]): unknown {
     if (this.#closed) {
       throw new ChannelClosedError(`Cannot send a closed sender of channel ${this.#channel}`);
     }
     const ticket = this.#local ? this.#local.ticket() : this.#remoteTicket();
+    undo?.push(() => {
+      if (this.#local) this.#local.cancel(ticket);
+      else this.#control("cancel", ticket);
+    });
     return { [SENDER_KEY]: { node: this.#node, channel: this.#channel, ticket } };
   }
 
   /** A ticket made here for a remote channel, announced on this sender's comm. */
   #remoteTicket(): string {
     const ticket = `${this.#board.id}:${crypto.randomUUID()}`;
-    this.#enqueue(async () => (await this.#open()).write({ [CONTROL_KEY]: "ticket", ticket }))
-      .catch(() => {});
+    this.#control("ticket", ticket);
     return ticket;
+  }
+
+  /** Tells the receiver's node about a ticket, in order with this sender's messages. */
+  #control(kind: "ticket" | "cancel", ticket: string): void {
+    this.#enqueue(async () => (await this.#open()).write({ [CONTROL_KEY]: kind, ticket }))
+      .catch(() => {});
   }
 
   #enqueue(step: () => Promise<unknown>): Promise<void> {
@@ -593,7 +638,7 @@ export class BroadcastSender<T> {
         comm = boards.openBroadcast(this.#board, node, this.#token);
         this.#comms.set(node, comm);
       }
-      sends.push(comm.then((c) => c.write(message)));
+      sends.push(comm.then((c) => writeWithSenders(c, message)));
     }
     await Promise.all(sends);
   }
@@ -907,7 +952,11 @@ export class Switchboard implements AsyncDisposable {
       for await (const message of comm) {
         const control = (message as Record<string, unknown>)?.[CONTROL_KEY];
         if (control === "ticket") {
-          channel.tickets.add((message as { ticket: string }).ticket);
+          channel.announce((message as { ticket: string }).ticket);
+          continue;
+        }
+        if (control === "cancel") {
+          channel.cancel((message as { ticket: string }).ticket);
           continue;
         }
         await receivers.push(channel.receiver, this.#revive(message));
@@ -1017,6 +1066,46 @@ export class Switchboard implements AsyncDisposable {
   #checkOpen(what: string): void {
     if (this.#closed) throw new ChannelClosedError(`Cannot ${what}: the switchboard is closed`);
   }
+}
+
+/**
+ * Writes a message whose senders travel as tickets, over any transport
+ * (inproc passes messages by reference, so the codec's hook alone would
+ * hand the other node the very same sender). If the write fails, the
+ * tickets are forgotten, so no receiver waits for a sender that never left.
+ */
+async function writeWithSenders(comm: Comm, message: unknown): Promise<void> {
+  const undo: (() => void)[] = [];
+  let wire: unknown;
+  try {
+    wire = sendersToWire(message, undo, 0);
+    await comm.write(wire);
+  } catch (error) {
+    for (const forget of undo) forget();
+    throw error;
+  }
+}
+
+/** The message with each Sender in its wire form; unchanged parts are shared, not copied. */
+function sendersToWire(value: unknown, undo: (() => void)[], depth: number): unknown {
+  if (typeof value !== "object" || value === null || depth > 100) return value;
+  if (value instanceof Sender) return senders.wire(value, undo);
+  if (ArrayBuffer.isView(value) || value instanceof Map || value instanceof Set) return value;
+  if (Array.isArray(value)) {
+    let copy: unknown[] | undefined;
+    for (let i = 0; i < value.length; i++) {
+      const item = sendersToWire(value[i], undo, depth + 1);
+      if (item !== value[i]) (copy ??= [...value])[i] = item;
+    }
+    return copy ?? value;
+  }
+  if (Object.getPrototypeOf(value) !== Object.prototype) return value;
+  let copy: Record<string, unknown> | undefined;
+  for (const [key, item] of Object.entries(value)) {
+    const wire = sendersToWire(item, undo, depth + 1);
+    if (wire !== item) (copy ??= { ...value as Record<string, unknown> })[key] = wire;
+  }
+  return copy ?? value;
 }
 
 function checkToken(token: unknown): void {
