@@ -107,7 +107,10 @@ function createEncoder(replace?: (object: object) => unknown): Encoder {
   }
   internals.doEncode = function (this: EncoderInternals, object, depth) {
     if (typeof object === "object" && object !== null) {
-      if (TO_WIRE in object) object = (object as WireValue)[TO_WIRE]();
+      // Plain objects and arrays, most of what is encoded, skip the lookup.
+      if (object.constructor !== Object && !Array.isArray(object) && TO_WIRE in object) {
+        object = (object as WireValue)[TO_WIRE]();
+      }
       if (replace !== undefined && typeof object === "object" && object !== null) {
         object = replace(object);
       }

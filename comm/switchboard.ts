@@ -16,7 +16,14 @@
 import { connect, listen } from "./core.ts";
 import { CommClosedError } from "./errors.ts";
 import { Queue, waitInLine } from "./_queue.ts";
-import { checkDuration, checkSize, type Deferred, describe, messageOf } from "./_util.ts";
+import {
+  checkDuration,
+  checkSize,
+  type Deferred,
+  describe,
+  messageOf,
+  timeoutSignal,
+} from "./_util.ts";
 import { TO_WIRE } from "./_wire_value.ts";
 import type { Comm, ConnectOptions, Listener, ListenOptions } from "./types.ts";
 
@@ -825,25 +832,27 @@ export class Switchboard implements AsyncDisposable {
     }
   }
 
+  /** Waits until every earlier node has greeted this one, the deadline passes, or `signal` aborts. */
   async #waitHeard(deadline: number, signal?: AbortSignal): Promise<void> {
-    while (!this.#closed) {
-      let earlierMissing = false;
-      for (let node = 0; node < this.#id; node++) if (!this.#heard.has(node)) earlierMissing = true;
-      if (!earlierMissing) return;
-      const left = deadline - performance.now();
-      if (left <= 0 || signal?.aborted) return;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, left);
-        const onAbort = () => done();
-        signal?.addEventListener("abort", onAbort, { once: true });
-        this.#heardWaiters.push(done);
-        function done() {
-          clearTimeout(timer);
-          signal?.removeEventListener("abort", onAbort);
-          resolve();
-        }
-      });
+    const { signal: stop, clear } = timeoutSignal(
+      Math.max(0, deadline - performance.now()),
+      signal,
+    );
+    try {
+      while (!this.#closed && !stop.aborted && this.#earlierMissing()) {
+        await new Promise<void>((resolve) => {
+          this.#heardWaiters.push(resolve);
+          stop.addEventListener("abort", () => resolve(), { once: true });
+        });
+      }
+    } finally {
+      clear();
     }
+  }
+
+  #earlierMissing(): boolean {
+    for (let node = 0; node < this.#id; node++) if (!this.#heard.has(node)) return true;
+    return false;
   }
 
   /**
