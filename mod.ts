@@ -43,3 +43,4 @@ export * from "./comm/tcp.ts";
 export * from "./comm/tls.ts";
 export * from "./comm/types.ts";
 export * from "./comm/unix.ts";
+export * from "./comm/ws.ts";

@@ -18,7 +18,6 @@
  * @module
  */
 
-import { createHmac, timingSafeEqual } from "node:crypto";
 import { AuthenticationError, CommClosedError, ProtocolError } from "../comm/errors.ts";
 import { type RawChannel, rawChannel } from "../comm/stream_comm.ts";
 import type { Comm } from "../comm/types.ts";
@@ -43,6 +42,8 @@ const DIGESTS = new Map([
   ["sha3_256", "sha3-256"],
   ["sha3_384", "sha3-384"],
 ]);
+/** node:crypto, once loaded: not imported above, so that a browser build can leave it out. */
+let nodeCrypto: typeof import("node:crypto") | undefined;
 const MAX_DIGEST_NAME = Math.max(...[...DIGESTS.keys()].map((name) => name.length));
 const OPEN_BRACE = 0x7b;
 const CLOSE_BRACE = 0x7d;
@@ -107,6 +108,7 @@ export async function deliverChallenge(
 ): Promise<void> {
   const key = authkeyBytes(authkey);
   const channel = channelOf(comm);
+  await loadCrypto();
   const message = concat(
     encoder.encode("{sha256}"),
     crypto.getRandomValues(new Uint8Array(MESSAGE_LENGTH)),
@@ -160,6 +162,7 @@ export async function answerChallenge(
 ): Promise<void> {
   const key = authkeyBytes(authkey);
   const channel = channelOf(comm);
+  await loadCrypto();
   await exchange(comm, async () => {
     const message = await channel.receive(MAX_MESSAGE_BYTES, options.signal);
     if (!startsWith(message, CHALLENGE)) {
@@ -269,8 +272,25 @@ function digestOf(message: Uint8Array, peerAddress: string): [string, Uint8Array
   );
 }
 
+/**
+ * Loads node:crypto: Python's digests include MD5 and SHA-3, which Web
+ * Crypto lacks.
+ */
+async function loadCrypto(): Promise<void> {
+  try {
+    nodeCrypto ??= await import("node:crypto");
+  } catch (error) {
+    throw new TypeError(
+      `The authkey challenge needs node:crypto (Python's digests include MD5 and SHA-3, which Web Crypto lacks), and this runtime has none: ${
+        messageOf(error)
+      }`,
+      { cause: error },
+    );
+  }
+}
+
 function hmac(digest: string, key: Uint8Array, message: Uint8Array): Uint8Array {
-  return new Uint8Array(createHmac(DIGESTS.get(digest)!, key).update(message).digest());
+  return new Uint8Array(nodeCrypto!.createHmac(DIGESTS.get(digest)!, key).update(message).digest());
 }
 
 /** Our answer to `challenge`: in the digest it names, or bare HMAC-MD5 to a legacy one. */
@@ -295,7 +315,7 @@ function verify(
       `Expected a ${digest} digest of ${expected.length} bytes from "${peerAddress}", got ${mac.length}`,
     );
   }
-  if (!timingSafeEqual(expected, mac)) {
+  if (!nodeCrypto!.timingSafeEqual(expected, mac)) {
     throw new AuthenticationError(`The digest received from "${peerAddress}" was wrong`);
   }
 }

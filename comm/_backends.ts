@@ -1,21 +1,14 @@
-// The scheme -> backend table, with the four built-in backends. registry.ts
-// is its public face; core.ts and registry.ts look addresses up here.
+// The scheme -> backend table. registry.ts is its public face; core.ts and
+// registry.ts look addresses up here. Each built-in backend's module adds
+// itself when it is loaded, so that an entry point that leaves a backend out
+// (the browser build has no tcp, tls or unix) leaves its scheme unknown.
 
 import { parseAddress } from "./addressing.ts";
 import { AddressError } from "./errors.ts";
-import { inprocBackend } from "./inproc.ts";
 import type { Backend } from "./registry.ts";
-import { tcpBackend } from "./tcp.ts";
-import { tlsBackend } from "./tls.ts";
-import { unixBackend } from "./unix.ts";
 
 /** Backends by scheme. */
-export const backends = new Map<string, Backend>([
-  ["inproc", inprocBackend],
-  ["tcp", tcpBackend],
-  ["tls", tlsBackend],
-  ["unix", unixBackend],
-]);
+export const backends = new Map<string, Backend>();
 
 /** The known schemes, sorted, for error messages. */
 export function knownSchemes(): string {

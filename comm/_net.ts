@@ -1,6 +1,5 @@
 // Host-and-port helpers shared by the tcp and tls backends.
 
-import { lookup } from "node:dns/promises";
 import { parseHostPort, unparseHostPort } from "./addressing.ts";
 import { concreteHost, ConnListener, firstInterface, isLoopback } from "./_conn_listener.ts";
 import { AddressError } from "./errors.ts";
@@ -53,6 +52,8 @@ export function hostPortHelpers(scheme: string): Pick<
         return location;
       }
       try {
+        // Loaded here, not above, so that a browser build never asks for it.
+        const { lookup } = await import("node:dns/promises");
         const { address } = await lookup(host);
         return unparseHostPort(address, port);
       } catch (error) {

@@ -170,3 +170,22 @@ export function reportError(
   }
   console.error(`${label}:`, error);
 }
+
+/**
+ * An error whose `name` says what kind it is, as `Deno.errors` do (an
+ * instance of the `Deno.errors` class where there is one), so that
+ * `connect()` knows which failures to retry.
+ */
+export function namedError(
+  name: "ConnectionRefused" | "ConnectionReset" | "AddrInUse",
+  message: string,
+): Error {
+  const errors = (globalThis as unknown as {
+    Deno?: { errors?: Record<string, new (message: string) => Error> };
+  }).Deno?.errors;
+  const Class = errors?.[name];
+  if (Class) return new Class(message);
+  const error = new Error(message);
+  error.name = name;
+  return error;
+}

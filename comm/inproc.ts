@@ -10,9 +10,10 @@
  */
 
 import { Queue, waitInLine } from "./_queue.ts";
-import { checkSize, type Deferred, deferred, messageOf } from "./_util.ts";
+import { checkSize, type Deferred, deferred, messageOf, namedError } from "./_util.ts";
 import { checkReadInto, copyInto, pollWith } from "./stream_comm.ts";
 import { AddressError, CommClosedError } from "./errors.ts";
+import { backends } from "./_backends.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import type { Comm, CommOptions, ReadOptions } from "./types.ts";
 
@@ -26,18 +27,6 @@ let counter = 0;
 function freshName(): string {
   const pid = (globalThis as { Deno?: { pid?: number } }).Deno?.pid ?? 0;
   return `localhost/${pid}/${++counter}`;
-}
-
-/** An error whose `name` says what kind it is, as `Deno.errors` do. */
-function namedError(name: "ConnectionRefused" | "AddrInUse", message: string): Error {
-  const errors = (globalThis as unknown as {
-    Deno?: { errors?: Record<string, new (message: string) => Error> };
-  }).Deno?.errors;
-  const Class = errors?.[name];
-  if (Class) return new Class(message);
-  const error = new Error(message);
-  error.name = name;
-  return error;
 }
 
 /** One end of an in-process comm. */
@@ -339,3 +328,5 @@ export function pipe(options: Pick<CommOptions, "highWaterMark"> = {}): [Comm, C
     highWaterMark(options),
   );
 }
+
+backends.set("inproc", inprocBackend);

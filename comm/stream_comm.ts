@@ -17,6 +17,7 @@ import {
   checkAllocate,
   checkFraming,
   checkSize,
+  CLOSE_GRACE_MS,
   type Deferred,
   deferred,
   describe,
@@ -26,7 +27,7 @@ import { BufferTooShortError, CommClosedError, ProtocolError } from "./errors.ts
 import type { Comm, CommOptions, ReadOptions } from "./types.ts";
 
 /** Default of `maxMessageSize`: 1 GiB. */
-const DEFAULT_MAX_MESSAGE_SIZE = 2 ** 30;
+export const DEFAULT_MAX_MESSAGE_SIZE = 2 ** 30;
 /** Default of `highWaterMark` for stream transports: 1 MiB queued. */
 const DEFAULT_STREAM_HIGH_WATER_MARK = 1024 * 1024;
 /** Default of `binaryFrameThreshold`: 64 KiB. */
@@ -69,8 +70,20 @@ export interface ByteStream {
   read(buffer: Uint8Array): Promise<number | null>;
   /** Writes some of `data`; resolves with how much was written. */
   write(data: Uint8Array): Promise<number>;
-  /** Closes the stream; pending reads and writes reject. */
-  close(): void;
+  /**
+   * Closes the stream; pending reads and writes reject.
+   *
+   * @param reason Why, when the comm ends on an error rather than by a
+   * close: a stream that can tell its peer (a WebSocket's close code and
+   * reason) may pass it on.
+   */
+  close(reason?: Error): void;
+  /**
+   * Settles once the stream is closed all the way (a WebSocket's closing
+   * handshake done), if that comes later than `close()`: the comm's
+   * `close()` waits for it, up to two seconds.
+   */
+  readonly closed?: Promise<void>;
 }
 
 /** Options of a {@linkcode StreamComm}.
@@ -116,6 +129,13 @@ let startReadingOf: (comm: StreamComm) => void;
  * start reading once a comm is set up.
  */
 export const DEFER_READING: unique symbol = Symbol("deferReading");
+
+/**
+ * Internal option: a comm made with it hands each message to the stream in
+ * one `write()` of a buffer of its own, never coalesced with others, so that
+ * a stream of messages (a WebSocket) sends one message for each.
+ */
+export const WHOLE_WRITES: unique symbol = Symbol("wholeWrites");
 
 /** Starts reading ahead on `comm`, if it is a StreamComm that has not yet. */
 export function startReading(comm: unknown): void {
@@ -190,6 +210,7 @@ export class StreamComm implements Comm {
   #localAddress: string;
   #peerAddress: string;
   #highWaterMark: number;
+  #wholeWrites: boolean;
 
   // Write side.
   #out = new Uint8Array(WRITE_BUFFER_BYTES);
@@ -249,7 +270,9 @@ export class StreamComm implements Comm {
       { directFrameBytes: binaryFrameThreshold, allocate: checkAllocate(options.allocate) },
     );
     this.#codec = multiprocessing ? BYTES_CODEC : createCodec({ binaryFrameThreshold });
-    if (!(options as { [DEFER_READING]?: boolean })[DEFER_READING]) this.#startReading();
+    const internal = options as { [DEFER_READING]?: boolean; [WHOLE_WRITES]?: boolean };
+    this.#wholeWrites = internal[WHOLE_WRITES] === true;
+    if (!internal[DEFER_READING]) this.#startReading();
   }
 
   /** This end's address. */
@@ -351,6 +374,7 @@ export class StreamComm implements Comm {
    * they are, except a first frame that the encoder reuses (`shared`).
    */
   #enqueue(frames: Uint8Array[], shared: boolean): Promise<void> {
+    if (this.#wholeWrites) return this.#enqueueWhole(frames);
     let size = this.#framing.headerSize(frames);
     this.#reserve(size);
     this.#outPos += this.#framing.writeHeader(this.#outView, this.#outPos, frames);
@@ -379,6 +403,28 @@ export class StreamComm implements Comm {
       external.written = deferred<void>();
       return external.written.promise;
     }
+    return this.#drained();
+  }
+
+  /** Queues one message as one chunk of its own (WHOLE_WRITES). */
+  #enqueueWhole(frames: Uint8Array[]): Promise<void> {
+    const header = this.#framing.headerSize(frames);
+    let size = header;
+    for (let i = 0; i < frames.length; i++) size += frames[i].byteLength;
+    const bytes = new Uint8Array(size);
+    let at = this.#framing.writeHeader(new DataView(bytes.buffer), 0, frames);
+    for (let i = 0; i < frames.length; i++) {
+      bytes.set(frames[i], at);
+      at += frames[i].byteLength;
+    }
+    this.#chunks.push({ bytes, recycle: false });
+    this.#queuedBytes += size;
+    this.#flushing ??= this.#flush();
+    return this.#drained();
+  }
+
+  /** Settles once the bytes queued are down to highWaterMark. */
+  #drained(): Promise<void> {
     if (this.#queuedBytes <= this.#highWaterMark) return RESOLVED;
     const waiter = deferred<void>();
     this.#drainWaiters.push(waiter);
@@ -659,10 +705,19 @@ export class StreamComm implements Comm {
     await this.#settle();
   }
 
-  /** Waits for the read and write loops to stop. */
+  /** Waits for the read and write loops to stop, and the stream to close. */
   async #settle(): Promise<void> {
     await this.#readLoop;
     while (this.#flushing) await this.#flushing;
+    const closed = this.#conn.closed;
+    if (closed) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        closed.catch(() => {}),
+        new Promise<void>((resolve) => timer = setTimeout(resolve, CLOSE_GRACE_MS)),
+      ]);
+      clearTimeout(timer);
+    }
   }
 
   /** Ends the comm: closes the stream and fails every pending call. */
@@ -671,7 +726,8 @@ export class StreamComm implements Comm {
     this.#ended = error;
     this.#orderly = orderly;
     try {
-      this.#conn.close();
+      if (orderly) this.#conn.close();
+      else this.#conn.close(error);
     } catch {
       // Already closed by the runtime (for example after a reset).
     }

@@ -13,6 +13,7 @@ import {
   netListener,
 } from "./_net.ts";
 import { streamCommOver } from "./_conn_listener.ts";
+import { backends } from "./_backends.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 
@@ -50,3 +51,5 @@ export const tcpBackend: Backend = {
 function setNoDelay(conn: Deno.Conn): void {
   (conn as Deno.TcpConn).setNoDelay(true);
 }
+
+backends.set("tcp", tcpBackend);

@@ -10,6 +10,7 @@
 
 import { unparseHostPort } from "./addressing.ts";
 import { abortable } from "./_util.ts";
+import { backends } from "./_backends.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import {
   connectHostPort,
@@ -83,3 +84,5 @@ export const tlsBackend: Backend = {
 
   ...hostPortHelpers("tls"),
 };
+
+backends.set("tls", tlsBackend);

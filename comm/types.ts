@@ -406,7 +406,7 @@ export interface ConnectOptions extends CommOptions, TlsOptions, AuthOptions {
  * assertEquals((errors[0] as Error).message, "boom");
  * ```
  */
-export interface ListenOptions extends CommOptions, TlsOptions, AuthOptions {
+export interface ListenOptions extends CommOptions, TlsOptions, AuthOptions, HttpOptions {
   /**
    * Milliseconds an incoming comm has to complete its handshake (and the
    * `authkey` challenge, if any) before it is closed, so that a silent peer
@@ -428,4 +428,40 @@ export interface ListenOptions extends CommOptions, TlsOptions, AuthOptions {
    * ignored.
    */
   onError?: (error: unknown) => void;
+}
+
+/**
+ * Options of the `ws` and `wss` listeners, which serve HTTP: the user's own
+ * routes can share their server.
+ *
+ * @example A page and its WebSocket on one port
+ * ```ts
+ * import { connect, listen } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using listener = await listen("ws://127.0.0.1:0/comm", async (comm) => {
+ *   await comm.write(await comm.read());
+ * }, {
+ *   httpHandler: () => new Response("<!doctype html><p>Hello</p>", {
+ *     headers: { "content-type": "text/html" },
+ *   }),
+ * });
+ * const page = await fetch(listener.contactAddress.replace(/^ws/, "http").replace("/comm", "/"));
+ * assertEquals(await page.text(), "<!doctype html><p>Hello</p>");
+ * await using comm = await connect(listener.contactAddress);
+ * await comm.write("over the same port");
+ * assertEquals(await comm.read(), "over the same port");
+ * ```
+ */
+export interface HttpOptions {
+  /**
+   * Answers the HTTP requests that are not a WebSocket upgrade at the
+   * listener's path (`ws` and `wss` only). Without it, the path answers
+   * 426 Upgrade Required and any other path 404 Not Found. An error it
+   * throws becomes a 500 response and goes to `onError`.
+   */
+  httpHandler?: (
+    request: Request,
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+  ) => Response | Promise<Response>;
 }

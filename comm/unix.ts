@@ -13,6 +13,7 @@
 import { dirname, join } from "@std/path";
 import { ConnListener, streamCommOver } from "./_conn_listener.ts";
 import { AddressError } from "./errors.ts";
+import { backends } from "./_backends.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 
@@ -156,3 +157,5 @@ function bindAtomically(path: string): Deno.Listener {
     Deno.removeSync(staging, { recursive: true });
   }
 }
+
+backends.set("unix", unixBackend);

@@ -94,6 +94,42 @@ commSuite("unix at a path", {
   malformedAddresses: { connect: ["unix://"] },
 });
 
+/** Malformed addresses of a WebSocket scheme (a missing port means 80 or 443 there). */
+function malformedWebSocket(scheme: string): { connect: string[]; listen: string[] } {
+  const hostPort = malformedHostPort(scheme);
+  return {
+    connect: [
+      ...hostPort.connect.filter((address) => !address.endsWith("host-without-port")),
+      `${scheme}://127.0.0.1:8786/a path`,
+      `${scheme}://127.0.0.1:8786/path#fragment`,
+      `${scheme}://127.0.0.1:8786/?q=a"b`,
+    ],
+    listen: [...hostPort.listen, `${scheme}://127.0.0.1:0/path?query`, `${scheme}://127.0.0.1:0/é`],
+  };
+}
+
+commSuite("ws", {
+  listenAddress: "ws://127.0.0.1:0",
+  malformedAddresses: malformedWebSocket("ws"),
+});
+
+commSuite("ws at a path", {
+  listenAddress: "ws://127.0.0.1:0/comm/v1",
+  malformedAddresses: malformedWebSocket("ws"),
+});
+
+commSuite("ws over IPv6", {
+  listenAddress: "ws://[::1]:0",
+  ignore: canBindIpv6Loopback() ? undefined : "this host cannot bind ::1 (no IPv6 loopback)",
+});
+
+commSuite("wss", {
+  listenAddress: "wss://127.0.0.1:0",
+  listenOptions: { cert: SERVER_CERT, key: SERVER_KEY },
+  connectOptions: { caCerts: [CA] },
+  malformedAddresses: malformedWebSocket("wss"),
+});
+
 commSuite("inproc", {
   listenAddress: "inproc://",
   byReference: true,
@@ -119,7 +155,7 @@ Deno.test("connect() rejects an unknown scheme with AddressError listing the kno
     assertStringIncludes(error.message, `"foo://x"`);
     assertStringIncludes(error.message, `"foo"`);
     assertStringIncludes(error.message, "known schemes");
-    for (const scheme of ["inproc", "mytcp", "tcp", "tls", "unix"]) {
+    for (const scheme of ["inproc", "mytcp", "tcp", "tls", "unix", "ws", "wss"]) {
       assertStringIncludes(error.message, scheme);
     }
   }

@@ -3,8 +3,10 @@
 Run with a Python that has dask.distributed (Debian: /usr/bin/python3 with
 python3-distributed).
 
-    dask_peer.py listen
-        Listens on tcp://127.0.0.1:0 with distributed.comm.listen, prints the
+    dask_peer.py listen [SCHEME]
+        Listens on SCHEME://127.0.0.1:0 (tcp by default, or ws: dask's
+        WebSocket comm, bound to loopback only) with
+        distributed.comm.listen, prints the
         contact address as the first line of stdout, and serves one client:
         - {"op": "describe", "value": v} is answered with
           {"op": "described", "value": describe(v), "frames": sizes}: the
@@ -32,6 +34,7 @@ import sys
 import traceback
 
 import distributed.comm.tcp
+import distributed.comm.ws
 from distributed.comm import CommClosedError, connect, listen
 from distributed.protocol import to_serialize
 from distributed.protocol.serialize import Serialized, ToPickle
@@ -55,6 +58,17 @@ async def _recording_from_frames(frames, *args, **kwargs):
 
 
 distributed.comm.tcp.from_frames = _recording_from_frames
+distributed.comm.ws.from_frames = _recording_from_frames
+
+
+class LoopbackHTTPServer(distributed.comm.ws.HTTPServer):
+    """dask's WebSocket listener binds every interface: tests bind loopback."""
+
+    def listen(self, port, address="127.0.0.1", **kwargs):
+        return super().listen(port, address=address, **kwargs)
+
+
+distributed.comm.ws.HTTPServer = LoopbackHTTPServer
 
 
 def log(*args):
@@ -132,7 +146,7 @@ def generate(size, seed):
     }
 
 
-async def run_listen():
+async def run_listen(scheme):
     done = asyncio.Event()
     failures = []
 
@@ -162,7 +176,7 @@ async def run_listen():
             await comm.close()
             done.set()
 
-    listener = listen("tcp://127.0.0.1:0", handle)
+    listener = listen(f"{scheme}://127.0.0.1:0", handle)
     await listener.start()
     try:
         print(listener.contact_address, flush=True)
@@ -297,11 +311,11 @@ async def run_connect(address, big_size):
 
 
 async def main(argv):
-    if len(argv) >= 1 and argv[0] == "listen":
-        return await run_listen()
+    if len(argv) in (1, 2) and argv[0] == "listen" and argv[1:] in ([], ["tcp"], ["ws"]):
+        return await run_listen(argv[1] if len(argv) == 2 else "tcp")
     if len(argv) in (2, 3) and argv[0] == "connect":
         return await run_connect(argv[1], int(argv[2]) if len(argv) == 3 else 0)
-    log("usage: dask_peer.py listen | connect ADDRESS [BIG_SIZE]")
+    log("usage: dask_peer.py listen [tcp|ws] | connect ADDRESS [BIG_SIZE]")
     return 64
 
 
