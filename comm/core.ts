@@ -184,7 +184,8 @@ export async function connect(
           : "no authentication and handshake from the peer",
       );
     }
-    if (error instanceof AuthenticationError) throw error;
+    // Misuse, such as an authkey where there is no node:crypto, is reported as it is.
+    if (error instanceof AuthenticationError || error instanceof TypeError) throw error;
     throw new ConnectError(
       `Cannot connect to "${address}": the handshake failed: ${messageOf(error)}`,
       { cause: error },
