@@ -28,17 +28,46 @@ import {
 import { Queue } from "./_queue.ts";
 import { type Deferred, deferred, describe, namedError } from "./_util.ts";
 import { CommClosedError, ProtocolError } from "./errors.ts";
-import type { ByteStream } from "./stream_comm.ts";
+import { type ByteStream, STREAM_CLOSED } from "./stream_comm.ts";
 
 /**
  * The WebSocket subprotocol of two @x/comm ends: a client offers it, and a
  * listener picks it when offered. Without it, both speak dask's layout.
+ *
+ * @example A listener picks it when a client offers it
+ * ```ts
+ * import { listen, WEBSOCKET_PROTOCOL } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using listener = await listen("ws://127.0.0.1:0");
+ * const socket = new WebSocket(listener.contactAddress, [WEBSOCKET_PROTOCOL]);
+ * await new Promise((resolve) => socket.onopen = resolve);
+ * assertEquals(socket.protocol, "x-comm");
+ * const closed = new Promise((resolve) => socket.onclose = resolve);
+ * socket.close();
+ * await closed;
+ * ```
  */
 export const WEBSOCKET_PROTOCOL = "x-comm";
 
 /**
  * The most one WebSocket message carries: 64 MiB less one byte, the most
- * Deno receives in one (it closes the connection on a larger one).
+ * Deno receives in one (it closes the connection on a larger one). A comm
+ * message that large or larger goes on in further WebSocket messages.
+ *
+ * @example A message over the limit crosses a ws comm whole
+ * ```ts
+ * import { connect, listen, MAX_WEBSOCKET_MESSAGE_BYTES } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using listener = await listen("ws://127.0.0.1:0", async (comm) => {
+ *   const message = await comm.read() as Uint8Array;
+ *   await comm.write(message.length);
+ * });
+ * await using comm = await connect(listener.contactAddress);
+ * await comm.write(new Uint8Array(MAX_WEBSOCKET_MESSAGE_BYTES + 1));
+ * assertEquals(await comm.read(), MAX_WEBSOCKET_MESSAGE_BYTES + 1);
+ * ```
  */
 export const MAX_WEBSOCKET_MESSAGE_BYTES = 64 * 1024 * 1024 - 1;
 
@@ -132,6 +161,11 @@ export class WebSocketByteStream implements ByteStream {
 
   /** Settles once the socket closed all the way. */
   get closed(): Promise<void> {
+    return this.#closed.promise;
+  }
+
+  /** What StreamComm's close() waits for. */
+  get [STREAM_CLOSED](): Promise<void> {
     return this.#closed.promise;
   }
 

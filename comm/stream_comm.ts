@@ -78,12 +78,6 @@ export interface ByteStream {
    * reason) may pass it on.
    */
   close(reason?: Error): void;
-  /**
-   * Settles once the stream is closed all the way (a WebSocket's closing
-   * handshake done), if that comes later than `close()`: the comm's
-   * `close()` waits for it, up to two seconds.
-   */
-  readonly closed?: Promise<void>;
 }
 
 /** Options of a {@linkcode StreamComm}.
@@ -129,6 +123,14 @@ let startReadingOf: (comm: StreamComm) => void;
  * start reading once a comm is set up.
  */
 export const DEFER_READING: unique symbol = Symbol("deferReading");
+
+/**
+ * Internal: a byte stream may hold, under this key, a promise that settles
+ * once it is closed all the way (a WebSocket's closing handshake done), if
+ * that comes later than `close()`; the comm's `close()` waits for it, up to
+ * CLOSE_GRACE_MS.
+ */
+export const STREAM_CLOSED: unique symbol = Symbol("streamClosed");
 
 /**
  * Internal option: a comm made with it hands each message to the stream in
@@ -709,7 +711,7 @@ export class StreamComm implements Comm {
   async #settle(): Promise<void> {
     await this.#readLoop;
     while (this.#flushing) await this.#flushing;
-    const closed = this.#conn.closed;
+    const closed = (this.#conn as { [STREAM_CLOSED]?: Promise<void> })[STREAM_CLOSED];
     if (closed) {
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([

@@ -1,13 +1,13 @@
 /**
- * A short tour: round-trips messages over every built-in transport, and as
- * UDP datagrams, and prints a table of round trips per second. This is
- * `deno task demo`.
+ * A short tour: round-trips messages over every built-in transport (tcp,
+ * tls, unix, inproc, ws and wss), and as UDP datagrams, and prints a table
+ * of round trips per second. This is `deno task demo`.
  *
  * ```sh
  * deno run --allow-net --allow-read --allow-write examples/tour.ts
  * ```
  *
- * The tls row uses the test certificates under `tests/testdata/`.
+ * The tls and wss rows use the test certificates under `tests/testdata/`.
  *
  * @module
  */
@@ -127,6 +127,12 @@ if (certificates) {
   console.log("(tls skipped: tests/testdata/ certificates not found)");
 }
 rows.push(await tour("unix", "unix://"));
+rows.push(await tour("ws", "ws://127.0.0.1:0/comm"));
+if (certificates) {
+  rows.push(
+    await tour("wss", "wss://127.0.0.1:0/comm", certificates, { caCerts: [certificates.ca] }),
+  );
+}
 rows.push(await tourUdp());
 
 console.log("\nRound trips of one small message (echo), then a 16 MiB binary there and back:\n");

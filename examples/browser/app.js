@@ -1,7 +1,7 @@
 // The page's side: connect to the server that served the page, send a
 // message, show the reply. Once that is done, it checks a few more kinds of
 // message (a binary sent out of band, a burst in order) and puts a summary
-// in `window.result`, which tests/browser_test.ts reads.
+// in `globalThis.result`, which tests/browser_test.ts reads.
 
 import { connect } from "/comm.js";
 
@@ -55,7 +55,7 @@ async function main() {
     shown.textContent = JSON.stringify(await comm.read(), null, 2);
   });
 
-  window.result = {
+  globalThis.result = {
     first,
     roundTripMs,
     big: { sent: big.length, binaryBytes: bigReply.binaryBytes, intact: bigIntact },
@@ -70,6 +70,6 @@ async function main() {
 }
 
 main().catch((error) => {
-  window.result = { error: `${error.name}: ${error.message}` };
+  globalThis.result = { error: `${error.name}: ${error.message}` };
   show("error", `${error.name}: ${error.message}`);
 });
