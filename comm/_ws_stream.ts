@@ -91,7 +91,12 @@ const CLOSE_CODES: Record<number, string> = {
   1008: "policy violation",
   1009: "message too big",
   1011: "internal error",
+  // What a browser's WebSocket sends for 1002 and 1003, which it may not send.
+  4002: "protocol error",
+  4003: "unsupported data",
 };
+/** Added to 1002 and 1003 where the standard WebSocket refuses them (clients). */
+const PRIVATE_CODE_OFFSET = 3000;
 
 /** How the bytes of comm messages are laid out in WebSocket messages. */
 export type WebSocketLayout = "x-comm" | "dask";
@@ -217,13 +222,26 @@ export class WebSocketByteStream implements ByteStream {
       this.#closed.resolve();
       return;
     }
-    const [code, text] = reason instanceof ProtocolError
-      ? [PROTOCOL_ERROR, reason.message]
-      : [NORMAL_CLOSURE, ""];
+    if (reason instanceof ProtocolError) this.#closeSocket(PROTOCOL_ERROR, reason.message);
+    else this.#closeSocket(NORMAL_CLOSURE, "");
+  }
+
+  /**
+   * Closes the socket with `code` and `reason`. The standard WebSocket (a
+   * client's) sends only 1000 and 3000-4999: there 1002 and 1003 go as
+   * 4002 and 4003, with the same reason.
+   */
+  #closeSocket(code: number, reason: string): void {
+    const text = truncateReason(reason);
     try {
-      this.#socket.close(code, truncateReason(text));
-    } catch {
-      // Closed already.
+      this.#socket.close(code, text);
+    } catch (error) {
+      if (code === NORMAL_CLOSURE || (error as Error)?.name !== "InvalidAccessError") return;
+      try {
+        this.#socket.close(code + PRIVATE_CODE_OFFSET, text);
+      } catch {
+        // Closed already.
+      }
     }
   }
 
@@ -375,11 +393,7 @@ export class WebSocketByteStream implements ByteStream {
     this.#wakeReader();
     if (this.#closing) return;
     this.#closing = true;
-    try {
-      this.#socket.close(code, truncateReason(error.message));
-    } catch {
-      // Closed already.
-    }
+    this.#closeSocket(code, error.message);
   }
 
   #onClose(event: CloseEvent): void {
