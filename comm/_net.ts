@@ -51,9 +51,17 @@ export function hostPortHelpers(scheme: string): Pick<
       if (host === "" || /^[0-9.]+$/.test(host) || host.includes(":")) {
         return location;
       }
+      let lookup: typeof import("node:dns/promises").lookup;
       try {
         // Loaded here, not above, so that a browser build never asks for it.
-        const { lookup } = await import("node:dns/promises");
+        ({ lookup } = await import("node:dns/promises"));
+      } catch (error) {
+        throw new AddressError(
+          `Cannot resolve "${scheme}://${location}": looking up host names needs node:dns, which this runtime lacks`,
+          { cause: error },
+        );
+      }
+      try {
         const { address } = await lookup(host);
         return unparseHostPort(address, port);
       } catch (error) {

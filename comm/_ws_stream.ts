@@ -11,6 +11,12 @@
 //   since Deno refuses to receive one that large. The listener's
 //   first message is a text one, {"peer": "ws://ip:port"}: a WebSocket does
 //   not tell a client its own address, and the listener sees it.
+//   A WebSocket reader cannot stop reading, so the x-comm layout has flow
+//   control instead: a sender has at most CREDIT_WINDOW_BYTES sent and not
+//   yet read by the other side's comm (one message may overdraw it), and a
+//   reader gives credit back as text messages {"credit": bytes} once its
+//   comm has read CREDIT_GRANT_BYTES. A slow reader slows the writer, as on
+//   a socket. Any other text message is a protocol error.
 // - "dask", when the peer offers or picks no subprotocol (dask's
 //   distributed/comm/ws.py, or any other WebSocket client): a message is one
 //   WebSocket message holding the u64 frame count, then one WebSocket message
@@ -71,16 +77,25 @@ export const WEBSOCKET_PROTOCOL = "x-comm";
  */
 export const MAX_WEBSOCKET_MESSAGE_BYTES = 64 * 1024 * 1024 - 1;
 
+/** x-comm layout: bytes a sender may have sent that the reader's comm has not read… */
+const CREDIT_WINDOW_BYTES = 8 * 1024 * 1024;
+/** …and what the reader's comm reads before it gives credit back. */
+const CREDIT_GRANT_BYTES = 2 * 1024 * 1024;
+/** Unread bytes beyond which an x-comm peer has ignored flow control. */
+const X_COMM_UNREAD_LIMIT = CREDIT_WINDOW_BYTES + MAX_WEBSOCKET_MESSAGE_BYTES;
+/** dask layout, which has no flow control: unread bytes allowed beyond maxMessageSize. */
+const DASK_UNREAD_SLACK = 64 * 1024 * 1024;
 /** write() waits while the socket holds more than this unsent… */
 const SEND_HIGH_WATER_BYTES = 1024 * 1024;
-/** …until it holds this much or less, checking this often (ms). */
+/** …until it holds this much or less, checking after 1 ms, then less and less often. */
 const SEND_LOW_WATER_BYTES = 256 * 1024;
-const DRAIN_POLL_MS = 1;
+const MAX_DRAIN_POLL_MS = 32;
 /** A close reason is limited to 123 bytes of UTF-8. */
 const MAX_CLOSE_REASON_BYTES = 123;
 const NORMAL_CLOSURE = 1000;
 const PROTOCOL_ERROR = 1002;
 const UNSUPPORTED_DATA = 1003;
+const POLICY_VIOLATION = 1008;
 const HELLO_MAX_CHARS = 512;
 
 const CLOSE_CODES: Record<number, string> = {
@@ -131,6 +146,13 @@ export class WebSocketByteStream implements ByteStream {
   #received = new Queue<Uint8Array>();
   #offset = 0;
   #wake: Deferred<void> | undefined;
+  /** Bytes received that the comm has not read (frames of a dask message coming in included). */
+  #unread = 0;
+  /** x-comm: bytes read since credit was last given back. */
+  #readSinceGrant = 0;
+  /** x-comm: bytes sent that the peer has not given credit back for. */
+  #inFlight = 0;
+  #creditWaiter: Deferred<void> | undefined;
 
   // The dask layout, reading: the frames of the message coming in.
   #frameCount = -1;
@@ -196,7 +218,19 @@ export class WebSocketByteStream implements ByteStream {
       this.#received.shift();
       this.#offset = 0;
     }
+    this.#unread -= n;
+    if (this.#layout === "x-comm") {
+      this.#readSinceGrant += n;
+      if (this.#readSinceGrant >= CREDIT_GRANT_BYTES) this.#grant();
+    }
     return n;
+  }
+
+  /** Gives the peer credit for what the comm has read. */
+  #grant(): void {
+    if (this.#socket.readyState !== WebSocket.OPEN) return;
+    this.#socket.send(JSON.stringify({ credit: this.#readSinceGrant }));
+    this.#readSinceGrant = 0;
   }
 
   async write(data: Uint8Array): Promise<number> {
@@ -206,8 +240,14 @@ export class WebSocketByteStream implements ByteStream {
       this.#sendDask(data);
       written = data.length;
     } else {
+      while (this.#inFlight >= CREDIT_WINDOW_BYTES) {
+        this.#creditWaiter = deferred<void>();
+        await this.#creditWaiter.promise;
+        if (this.#end !== undefined || this.#closing) throw this.#closedError();
+      }
       written = Math.min(data.length, MAX_WEBSOCKET_MESSAGE_BYTES);
       this.#socket.send(written === data.length ? data : data.subarray(0, written));
+      this.#inFlight += written;
     }
     if (this.#socket.bufferedAmount > SEND_HIGH_WATER_BYTES) await this.#drain();
     return written;
@@ -218,6 +258,7 @@ export class WebSocketByteStream implements ByteStream {
     this.#closing = true;
     this.#end ??= null;
     this.#wakeReader();
+    this.#wakeWriter();
     if (this.#socket.readyState === WebSocket.CLOSED) {
       this.#closed.resolve();
       return;
@@ -267,6 +308,7 @@ export class WebSocketByteStream implements ByteStream {
       return;
     }
     if (typeof data === "string") {
+      if (this.#layout === "x-comm" && this.#takeCredit(data)) return;
       this.#fail(
         new ProtocolError(
           `"${this.#peerAddress}" sent a text WebSocket message (${describe(data.slice(0, 40))}${
@@ -285,8 +327,40 @@ export class WebSocketByteStream implements ByteStream {
       return;
     }
     const bytes = new Uint8Array(data);
+    this.#unread += bytes.length;
+    const limit = this.#layout === "dask"
+      ? this.#maxMessageSize + DASK_UNREAD_SLACK
+      : X_COMM_UNREAD_LIMIT;
+    if (this.#unread > limit) {
+      this.#fail(
+        new ProtocolError(
+          this.#layout === "dask"
+            ? `"${this.#peerAddress}" sent over ${limit} bytes that the comm has not read: without the "${WEBSOCKET_PROTOCOL}" subprotocol a WebSocket peer cannot be slowed down`
+            : `"${this.#peerAddress}" sent over ${limit} bytes that the comm has not read, ignoring flow control`,
+        ),
+        POLICY_VIOLATION,
+      );
+      return;
+    }
     if (this.#layout === "dask") this.#takeDask(bytes);
     else this.#push(bytes);
+  }
+
+  /** Takes a credit message from an x-comm peer; false if `text` is not one. */
+  #takeCredit(text: string): boolean {
+    if (text.length > 40 || !text.startsWith('{"credit":')) return false;
+    let credit: unknown;
+    try {
+      credit = (JSON.parse(text) as { credit?: unknown }).credit;
+    } catch {
+      return false;
+    }
+    if (typeof credit !== "number" || !Number.isInteger(credit) || credit <= 0) return false;
+    this.#inFlight = Math.max(0, this.#inFlight - credit);
+    const waiter = this.#creditWaiter;
+    this.#creditWaiter = undefined;
+    waiter?.resolve();
+    return true;
   }
 
   #takeHello(data: unknown): void {
@@ -357,6 +431,7 @@ export class WebSocketByteStream implements ByteStream {
     writeHeader(new DataView(header.buffer), 0, frames);
     this.#frameCount = -1;
     this.#frames = [];
+    this.#unread += header.length;
     this.#received.push(header);
     for (const frame of frames) this.#received.push(frame);
     this.#wakeReader();
@@ -386,11 +461,19 @@ export class WebSocketByteStream implements ByteStream {
     wake?.resolve();
   }
 
+  /** Wakes a write waiting for credit, once the stream ended. */
+  #wakeWriter(): void {
+    const waiter = this.#creditWaiter;
+    this.#creditWaiter = undefined;
+    waiter?.resolve();
+  }
+
   /** Ends reading with `error`, and closes the socket telling the peer why. */
   #fail(error: Error, code: number): void {
     if (this.#end !== undefined) return;
     this.#end = error;
     this.#wakeReader();
+    this.#wakeWriter();
     if (this.#closing) return;
     this.#closing = true;
     this.#closeSocket(code, error.message);
@@ -400,8 +483,17 @@ export class WebSocketByteStream implements ByteStream {
     if (this.#end === undefined) {
       const orderly = event.code === NORMAL_CLOSURE || event.code === 1001 ||
         (event.code === 1005 && event.wasClean);
-      this.#end = orderly ? null : new Error(describeClose(event, this.#lastError));
+      this.#end = !orderly
+        ? new Error(describeClose(event, this.#lastError))
+        : this.#frameCount >= 0
+        // The tcp framing would see the stream end inside a message; here the
+        // frames of one are held back until all came.
+        ? new Error(
+          `the peer closed the WebSocket after ${this.#frames.length} of the ${this.#frameCount} frames of a message`,
+        )
+        : null;
     }
+    this.#wakeWriter();
     // Does nothing once opened.
     this.#opened.reject(this.#openError(event));
     this.#awaitingHello = false;
@@ -429,10 +521,12 @@ export class WebSocketByteStream implements ByteStream {
     return new Error(`the WebSocket did not open: ${detail}`);
   }
 
+  /** Waits for the socket to send what it holds (the WebSocket API has no event for it). */
   async #drain(): Promise<void> {
-    while (this.#socket.bufferedAmount > SEND_LOW_WATER_BYTES) {
+    for (let wait = 1; this.#socket.bufferedAmount > SEND_LOW_WATER_BYTES;) {
       if (this.#end !== undefined || this.#closing) throw this.#closedError();
-      await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      wait = Math.min(wait * 2, MAX_DRAIN_POLL_MS);
     }
   }
 

@@ -562,5 +562,6 @@ class CommListener implements Listener {
     );
     this.#comms.clear();
     await Promise.all(this.#tasks);
+    await this.#inner.release?.();
   }
 }

@@ -83,8 +83,18 @@ export interface BackendListener {
    * Other rejections are reported and accepting goes on after a pause.
    */
   accept(): Promise<Comm | null>;
-  /** Stops accepting and releases the address. */
+  /**
+   * Stops accepting and releases the address. The comms accepted stay
+   * open: `listen()`'s listener closes them next.
+   */
   close(): Promise<void>;
+  /**
+   * Releases what the listener still holds once the comms it accepted are
+   * closed, if anything: the ws listener's HTTP server, whose stopping would
+   * cut its WebSockets, is stopped here rather than in `close()` (until
+   * then it answers upgrades with 503). Optional.
+   */
+  release?(): Promise<void>;
 }
 
 /**

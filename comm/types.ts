@@ -464,4 +464,16 @@ export interface HttpOptions {
     request: Request,
     info: Deno.ServeHandlerInfo<Deno.NetAddr>,
   ) => Response | Promise<Response>;
+  /**
+   * The web pages whose WebSocket upgrades are accepted, by origin (such as
+   * `"https://app.example.com"`; `"*"` for any), or a function that decides
+   * (`ws` and `wss` only). Browsers let any page open a WebSocket to any
+   * address, and say which page asks in the `Origin` header: a listener
+   * refuses upgrades from other pages' origins with 403, so that a site a
+   * user visits cannot reach a service on their machine. Clients that are
+   * not browsers (Deno, dask) send no `Origin`, and are always accepted.
+   *
+   * @default {the listener's own origin: pages it serves with `httpHandler`}
+   */
+  allowedOrigins?: readonly string[] | ((origin: string) => boolean);
 }

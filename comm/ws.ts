@@ -121,7 +121,18 @@ function webSocketBackend(scheme: "ws" | "wss"): Backend {
     },
     async resolveAddress(location) {
       const { hostPort, parts } = parseLocation(scheme, location, "resolve");
-      return (await helpers.resolveAddress(hostPort)) + suffix(parts);
+      try {
+        return (await helpers.resolveAddress(hostPort)) + suffix(parts);
+      } catch (error) {
+        // Quote the whole address, path included.
+        if (error instanceof AddressError) {
+          error.message = error.message.replace(
+            `"${scheme}://${hostPort}"`,
+            `"${scheme}://${location}"`,
+          );
+        }
+        throw error;
+      }
     },
     getLocalAddressFor: (location) => helpers.getLocalAddressFor(hostPortOf(location)),
   };
@@ -245,6 +256,7 @@ class WebSocketListener implements BackendListener {
   #waiters = new Queue<Deferred<Comm | null>>();
   #opening = 0;
   #closed = false;
+  #released: Promise<void> | undefined;
   readonly listenAddress: string;
   readonly contactAddress: string;
 
@@ -270,6 +282,15 @@ class WebSocketListener implements BackendListener {
     if (httpHandler !== undefined && typeof httpHandler !== "function") {
       throw new TypeError(
         `Cannot listen on "${scheme}://${location}": "httpHandler" must be a function`,
+      );
+    }
+    const { allowedOrigins } = options;
+    if (
+      allowedOrigins !== undefined && typeof allowedOrigins !== "function" &&
+      !(Array.isArray(allowedOrigins) && allowedOrigins.every((o) => typeof o === "string"))
+    ) {
+      throw new TypeError(
+        `Cannot listen on "${scheme}://${location}": "allowedOrigins" must be an array of origins (such as "https://app.example.com", or "*") or a function`,
       );
     }
     this.#scheme = scheme;
@@ -303,16 +324,27 @@ class WebSocketListener implements BackendListener {
     return waiter.promise;
   }
 
+  /**
+   * Stops accepting: upgrades get 503 from now on. The server goes on until
+   * release(), since stopping it would cut the WebSockets it upgraded.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     for (const waiter of this.#waiters.drain()) waiter.resolve(null);
-    for (const comm of this.#ready.drain()) {
+    await Promise.all(this.#ready.drain().map((comm) => {
       comm.abort();
-      await comm.close();
-    }
-    this.#abort.abort();
-    await this.#server.finished;
+      return comm.close();
+    }));
+  }
+
+  /** Stops the server, cutting any WebSocket still open. */
+  release(): Promise<void> {
+    return this.#released ??= (async () => {
+      await this.close();
+      this.#abort.abort();
+      await this.#server.finished;
+    })();
   }
 
   #handle(
@@ -332,6 +364,15 @@ class WebSocketListener implements BackendListener {
         : plain(404, "Not Found");
     }
     if (this.#closed) return plain(503, "The listener is closing");
+    const origin = request.headers.get("origin");
+    if (origin !== null && !this.#allows(origin, request)) {
+      return plain(
+        403,
+        `Origin ${
+          JSON.stringify(origin)
+        } may not open WebSockets here: add it to the listener's allowedOrigins`,
+      );
+    }
     if (this.#ready.length + this.#opening >= MAX_WAITING_COMMS) {
       return plain(503, "Too many connections are waiting to be accepted; try again later");
     }
@@ -383,6 +424,19 @@ class WebSocketListener implements BackendListener {
       () => this.#opening--,
     );
     return upgraded.response;
+  }
+
+  /** Whether a page of `origin` may open a WebSocket. */
+  #allows(origin: string, request: Request): boolean {
+    const allowed = this.#options.allowedOrigins;
+    if (typeof allowed === "function") return allowed(origin);
+    if (allowed !== undefined) return allowed.includes("*") || allowed.includes(origin);
+    // By default, the listener's own pages only.
+    try {
+      return new URL(origin).host === request.headers.get("host");
+    } catch {
+      return false;
+    }
   }
 
   async #userResponse(
@@ -440,6 +494,9 @@ function parseLocation(
   const query = q === -1 ? "" : rest.slice(q);
   if (!PATH_PATTERN.test(path)) {
     throw fail(`the path "${path}" has characters that must be percent-encoded`);
+  }
+  if (/\/\.\.?(\/|$)/.test(path)) {
+    throw fail(`the path "${path}" has "." or ".." segments, which URLs resolve away`);
   }
   if (!QUERY_PATTERN.test(query.slice(1))) {
     throw fail(`the query "${query}" has characters that must be percent-encoded`);
