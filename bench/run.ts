@@ -6,11 +6,13 @@
  *
  * Workloads (loopback):
  * - W1 ping-pong: one small message there and back, awaited; in one
- *   process over tcp, unix and tls, and across two processes over tcp.
+ *   process over tcp, unix, tls, ws and wss (against raw WebSockets,
+ *   `bench/_raw_ws.ts`), and across two processes over tcp.
  * - W2 one way: `for (...) await comm.write(msg)`, against the coalesced
  *   raw ceiling (and, for reference, raw with one write per message).
  * - W3 bulk: 64 MiB binary messages one way over tcp and unix, received into
- *   fresh buffers and into recycled ones (the `allocate` option).
+ *   fresh buffers and into recycled ones (the `allocate` option); over ws
+ *   into fresh ones.
  * - W4 inproc: one way between two tasks, against a bare async queue.
  * - W5 UDP receive: datagrams/s received from a sender process sending
  *   unpaced 512-byte datagrams, by our `DatagramSocket` on each
@@ -34,6 +36,7 @@
 
 import { type Comm, connect, ConnectionPool, listen, type ListenOptions, Server } from "../mod.ts";
 import * as raw from "./_raw.ts";
+import * as rawWs from "./_raw_ws.ts";
 import * as udp from "./_udp.ts";
 
 const REPEATS = Number(Deno.env.get("BENCH_REPEATS") ?? 5);
@@ -117,12 +120,14 @@ interface Setup {
   connect?: Parameters<typeof connect>[1];
 }
 
-async function setups(): Promise<Record<raw.Transport, Setup>> {
+async function setups(): Promise<Record<raw.Transport | rawWs.WsTransport, Setup>> {
   const { cert, key, ca } = await raw.tlsMaterial();
   return {
     tcp: { address: "tcp://127.0.0.1:0" },
     unix: { address: "unix://" },
     tls: { address: "tls://127.0.0.1:0", listen: { cert, key }, connect: { caCerts: [ca] } },
+    ws: { address: "ws://127.0.0.1:0" },
+    wss: { address: "wss://127.0.0.1:0", listen: { cert, key }, connect: { caCerts: [ca] } },
   };
 }
 
@@ -338,6 +343,30 @@ for (const transport of ["tcp", "unix", "tls"] as const) {
   }, 0.8));
 }
 
+for (const transport of ["ws", "wss"] as const) {
+  const key = `W1-${transport}`;
+  if (!wanted(key)) continue;
+  progress(key);
+  const ours = await ourPair(ourSetups[transport]);
+  const echoing = ourEcho(ours.server);
+  const rawPair = await rawWs.rawWsPair(transport);
+  rawWs.echo(rawPair.server);
+  const [o, r] = await sideBySide(
+    () => ourPingPong(ours.client, W1_COUNT),
+    () => rawWs.pingPong(rawPair.client, W1_COUNT),
+  );
+  await ours.close();
+  await echoing;
+  await rawPair.close();
+  rows.push(ratioRow({
+    key,
+    workload: `W1 ping-pong, one process, ${transport}`,
+    unit: "round trips/s",
+    ours: o,
+    raw: r,
+  }, 0.8));
+}
+
 if (wanted("W1-2proc")) {
   progress("W1-2proc");
   const ourPeer = await startPeer("ours");
@@ -414,6 +443,28 @@ for (const transport of ["tcp", "unix"] as const) {
     };
     rows.push(mode === "recycled" ? ratioRow(row, 0.8) : row);
   }
+}
+
+if (wanted("W3-ws-fresh")) {
+  progress("W3-ws-fresh");
+  const ours = await ourPair(ourSetups.ws);
+  const rawPair = await rawWs.rawWsPair("ws");
+  const [o, r, small] = (await rotated([
+    () => ourBulk(ours.client, ours.server, W3_MESSAGES),
+    () => rawWs.bulk(rawPair.client, rawPair.server, W3_BYTES, W3_MESSAGES),
+    () => rawWs.bulk(rawPair.client, rawPair.server, W3_BYTES, W3_MESSAGES, 1024 * 1024),
+  ])).map(median);
+  await ours.close();
+  await rawPair.close();
+  rows.push({
+    key: "W3-ws-fresh",
+    workload: "W3 64 MiB binary, ws, fresh receive buffers",
+    unit: "GB/s",
+    ours: o,
+    raw: r,
+    note: "raw sends a header message, then the payload in messages of 64 MiB - 1 bytes " +
+      `(the most Deno receives) and less; in messages of 1 MiB: ${format(small)}`,
+  });
 }
 
 if (wanted("W4")) {

@@ -507,9 +507,13 @@ export class WebSocketByteStream implements ByteStream {
       describeClose(event, "");
     // A browser says nothing more (nothing listening, an upgrade refused
     // and an untrusted certificate look alike); Deno names a refused dial,
-    // and a listener closing or too busy answers 503.
+    // and a listener closing or too busy answers 503. Deno's wss goes over
+    // HTTP/2 where the server offers it, and its opening request now and
+    // then meets an HTTP/2 stream error ("stream error received:
+    // unspecific protocol error detected"); a new attempt gets through.
     if (
-      this.#lastError === "" || /tcp connect error|refused|reset|status code: 503/i.test(detail)
+      this.#lastError === "" ||
+      /tcp connect error|refused|reset|status code: 503|stream error received/i.test(detail)
     ) {
       return namedError(
         "ConnectionRefused",

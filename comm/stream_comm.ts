@@ -133,9 +133,12 @@ export const DEFER_READING: unique symbol = Symbol("deferReading");
 export const STREAM_CLOSED: unique symbol = Symbol("streamClosed");
 
 /**
- * Internal option: a comm made with it hands each message to the stream in
- * one `write()` of a buffer of its own, never coalesced with others, so that
- * a stream of messages (a WebSocket) sends one message for each.
+ * Internal option, a size in bytes: a comm made with it hands each message
+ * of up to that size to the stream in one `write()` of a buffer of its own,
+ * never coalesced with others, so that a stream of messages (a WebSocket)
+ * sends one message for each. A larger message, which the stream would cut
+ * into pieces anyway, is written as on a byte stream, its large frames
+ * from where they are rather than copied together first.
  */
 export const WHOLE_WRITES: unique symbol = Symbol("wholeWrites");
 
@@ -212,7 +215,8 @@ export class StreamComm implements Comm {
   #localAddress: string;
   #peerAddress: string;
   #highWaterMark: number;
-  #wholeWrites: boolean;
+  /** WHOLE_WRITES: the largest message written whole, or 0. */
+  #wholeWrites: number;
 
   // Write side.
   #out = new Uint8Array(WRITE_BUFFER_BYTES);
@@ -272,8 +276,8 @@ export class StreamComm implements Comm {
       { directFrameBytes: binaryFrameThreshold, allocate: checkAllocate(options.allocate) },
     );
     this.#codec = multiprocessing ? BYTES_CODEC : createCodec({ binaryFrameThreshold });
-    const internal = options as { [DEFER_READING]?: boolean; [WHOLE_WRITES]?: boolean };
-    this.#wholeWrites = internal[WHOLE_WRITES] === true;
+    const internal = options as { [DEFER_READING]?: boolean; [WHOLE_WRITES]?: number };
+    this.#wholeWrites = internal[WHOLE_WRITES] ?? 0;
     if (!internal[DEFER_READING]) this.#startReading();
   }
 
@@ -376,7 +380,11 @@ export class StreamComm implements Comm {
    * they are, except a first frame that the encoder reuses (`shared`).
    */
   #enqueue(frames: Uint8Array[], shared: boolean): Promise<void> {
-    if (this.#wholeWrites) return this.#enqueueWhole(frames);
+    if (this.#wholeWrites > 0) {
+      let whole = this.#framing.headerSize(frames);
+      for (let i = 0; i < frames.length; i++) whole += frames[i].byteLength;
+      if (whole <= this.#wholeWrites) return this.#enqueueWhole(frames, whole);
+    }
     let size = this.#framing.headerSize(frames);
     this.#reserve(size);
     this.#outPos += this.#framing.writeHeader(this.#outView, this.#outPos, frames);
@@ -399,6 +407,8 @@ export class StreamComm implements Comm {
         this.#chunks.push(chunk);
       }
     }
+    // Nothing of the next message joins this one's last chunk.
+    if (this.#wholeWrites > 0) this.#seal();
     this.#queuedBytes += size;
     this.#flushing ??= this.#flush();
     if (external) {
@@ -408,11 +418,8 @@ export class StreamComm implements Comm {
     return this.#drained();
   }
 
-  /** Queues one message as one chunk of its own (WHOLE_WRITES). */
-  #enqueueWhole(frames: Uint8Array[]): Promise<void> {
-    const header = this.#framing.headerSize(frames);
-    let size = header;
-    for (let i = 0; i < frames.length; i++) size += frames[i].byteLength;
+  /** Queues one message of `size` bytes as one chunk of its own (WHOLE_WRITES). */
+  #enqueueWhole(frames: Uint8Array[], size: number): Promise<void> {
     const bytes = new Uint8Array(size);
     let at = this.#framing.writeHeader(new DataView(bytes.buffer), 0, frames);
     for (let i = 0; i < frames.length; i++) {

@@ -43,7 +43,11 @@ import {
 } from "./stream_comm.ts";
 import type { StreamCommOptions } from "./stream_comm.ts";
 import type { Comm, ListenOptions } from "./types.ts";
-import { WEBSOCKET_PROTOCOL, WebSocketByteStream } from "./_ws_stream.ts";
+import {
+  MAX_WEBSOCKET_MESSAGE_BYTES,
+  WEBSOCKET_PROTOCOL,
+  WebSocketByteStream,
+} from "./_ws_stream.ts";
 
 export { MAX_WEBSOCKET_MESSAGE_BYTES, WEBSOCKET_PROTOCOL } from "./_ws_stream.ts";
 
@@ -237,7 +241,8 @@ function commOver(stream: WebSocketByteStream, options: StreamCommOptions): Stre
     return new StreamComm(stream, {
       ...options,
       [DEFER_READING]: true,
-      [WHOLE_WRITES]: true,
+      // dask's layout needs every message whole, to cut it into frames.
+      [WHOLE_WRITES]: stream.layout === "dask" ? Infinity : MAX_WEBSOCKET_MESSAGE_BYTES,
     } as StreamCommOptions);
   } catch (error) {
     stream.close();
@@ -332,10 +337,12 @@ class WebSocketListener implements BackendListener {
     if (this.#closed) return;
     this.#closed = true;
     for (const waiter of this.#waiters.drain()) waiter.resolve(null);
-    await Promise.all(this.#ready.drain().map((comm) => {
-      comm.abort();
-      return comm.close();
-    }));
+    await Promise.all(
+      this.#ready.drain().map((comm) => {
+        comm.abort();
+        return comm.close();
+      }),
+    );
   }
 
   /** Stops the server, cutting any WebSocket still open. */

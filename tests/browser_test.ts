@@ -265,13 +265,15 @@ Deno.test({
     await using listener = await listen("ws://127.0.0.1:0/comm", async (comm) => {
       for await (const message of comm) await comm.write(message);
     }, { httpHandler: await pageHandler() });
+    // A listener of another origin (port) that does not allow the page's.
+    await using elsewhere = await listen("ws://127.0.0.1:0/comm");
     // A WebSocket peer that breaks the protocol: a text message after the hello.
     await using rogue = rogueServer();
     const dead = await deadAddress();
     await using browser = await launch();
     const { page, log } = await openPage(browser);
     await loadComm(page, listener.contactAddress);
-    const outcome = await page.evaluate(async ({ dead, rogue, live }) => {
+    const outcome = await page.evaluate(async ({ dead, rogue, live, elsewhere }) => {
       // deno-lint-ignore no-explicit-any
       const { connect } = (globalThis as any).comm;
       const failure = (promise: Promise<unknown>) =>
@@ -281,8 +283,14 @@ Deno.test({
       const certificates = await failure(connect(live.replace("ws:", "wss:"), { caCerts: ["x"] }));
       const authkey = await failure(connect(live, { authkey: "secret", timeout: 2_000 }));
       const text = await failure(connect(rogue, { timeout: 5_000 }));
-      return { unknownScheme, nobody, certificates, authkey, text };
-    }, { dead, rogue: rogue.address, live: listener.contactAddress }).catch((error) => {
+      const crossOrigin = await failure(connect(elsewhere, { timeout: 300 }));
+      return { unknownScheme, nobody, certificates, authkey, text, crossOrigin };
+    }, {
+      dead,
+      rogue: rogue.address,
+      live: listener.contactAddress,
+      elsewhere: elsewhere.contactAddress,
+    }).catch((error) => {
       throw new Error(`${error.message}\n${log.join("\n")}`);
     });
     assertMatch(outcome.unknownScheme, /^AddressError: .*"tcp".*inproc, ws, wss/);
@@ -291,6 +299,8 @@ Deno.test({
     assertMatch(outcome.authkey, /^TypeError: .*node:crypto/);
     // It came instead of the handshake.
     assertMatch(outcome.text, /^ConnectError: .*handshake failed.*text WebSocket message/);
+    // Refused with 403, which a browser does not tell: retried until the time ran out.
+    assertMatch(outcome.crossOrigin, /^ConnectTimeoutError: /);
   },
 });
 
@@ -299,9 +309,15 @@ Deno.test({
   ignore,
   async fn() {
     await using page_ = await listen("ws://127.0.0.1:0/page", { httpHandler: await pageHandler() });
+    // The page comes from another origin (port), which the listener must allow.
+    const pageOrigin = new URL(pageUrl(page_.contactAddress)).origin;
     await using secure = await listen("wss://127.0.0.1:0/comm", async (comm) => {
       for await (const message of comm) await comm.write({ secure: message });
-    }, { cert: testdata("server.pem"), key: testdata("server-key.pem") });
+    }, {
+      cert: testdata("server.pem"),
+      key: testdata("server-key.pem"),
+      allowedOrigins: [pageOrigin],
+    });
     await using browser = await launch();
     // The test CA is not the browser's: this context trusts any certificate.
     const { page, log } = await openPage(browser, { ignoreHTTPSErrors: true });
