@@ -19,9 +19,16 @@
  * out as dask does: a WebSocket message with the frame count, then one for
  * each frame.
  *
- * A WebSocket cannot stop reading: what a peer sends is buffered until it
- * is read, however slow the reader (bounded per message by
- * `maxMessageSize`). Writes do wait while the socket has over 1 MiB unsent.
+ * A WebSocket cannot stop reading, so between @x/comm ends the reader gives
+ * the writer credit as its comm reads (8 MiB ahead): a slow reader slows the
+ * writer down, as on a socket. A peer without flow control (dask) may get
+ * `maxMessageSize` plus 64 MiB ahead of the reader before its comm is closed.
+ *
+ * Browsers let any page open a WebSocket anywhere: a listener accepts
+ * upgrades from its own pages and from clients that are not browsers, and
+ * refuses other pages' origins unless `allowedOrigins` names them. Closing
+ * a listener stops it accepting (upgrades get 503); its HTTP server stops
+ * once the comms it accepted are closed.
  *
  * @module
  */
