@@ -249,7 +249,11 @@ export class WebSocketByteStream implements ByteStream {
       this.#socket.send(written === data.length ? data : data.subarray(0, written));
       this.#inFlight += written;
     }
-    if (this.#socket.bufferedAmount > SEND_HIGH_WATER_BYTES) await this.#drain();
+    // Credit bounds what an x-comm writer has out; toward a peer without
+    // flow control, what the socket holds unsent does.
+    if (this.#layout === "dask" && this.#socket.bufferedAmount > SEND_HIGH_WATER_BYTES) {
+      await this.#drain();
+    }
     return written;
   }
 
@@ -528,7 +532,9 @@ export class WebSocketByteStream implements ByteStream {
   /** Waits for the socket to send what it holds (the WebSocket API has no event for it). */
   async #drain(): Promise<void> {
     for (let wait = 1; this.#socket.bufferedAmount > SEND_LOW_WATER_BYTES;) {
-      if (this.#end !== undefined || this.#closing) throw this.#closedError();
+      // What was sent is the socket's now, as on a byte stream once written:
+      // a peer that read it and closed does not fail the write.
+      if (this.#end !== undefined || this.#closing) return;
       await new Promise((resolve) => setTimeout(resolve, wait));
       wait = Math.min(wait * 2, MAX_DRAIN_POLL_MS);
     }

@@ -13,6 +13,7 @@ import {
 } from "@std/assert";
 import { decode, encode } from "@msgpack/msgpack";
 import {
+  AddressError,
   type Comm,
   CommClosedError,
   connect,
@@ -22,8 +23,10 @@ import {
   getAddressHostPort,
   listen,
   type Listener,
+  type ListenOptions,
   ProtocolError,
   resolveAddress,
+  Server,
 } from "../mod.ts";
 import { until, within } from "./_wait.ts";
 
@@ -33,6 +36,7 @@ const CA = testdata("ca.pem");
 const SERVER_CERT = testdata("server.pem");
 const SERVER_KEY = testdata("server-key.pem");
 const CLIENT_CERT = testdata("client.pem");
+const MiB = 1024 * 1024;
 
 /** dask's handshake, the first message each side sends. */
 const HANDSHAKE_INFO = { compression: null, python: [3, 11, 0], "pickle-protocol": 5 };
@@ -293,17 +297,39 @@ Deno.test("connect() to an x-comm ws:// server takes its localAddress from the h
 
 // -- Misbehaving peers -------------------------------------------------------------
 
-/** A listener whose handler reports how its first read failed. */
-async function failingReads(): Promise<{ listener: Listener; failure: Promise<unknown> }> {
+/** Whether a handler may read yet. */
+interface Gate {
+  open: boolean;
+}
+
+/** Waits until `gate` is open or `comm` closed (as when its listener closes), at most a while. */
+async function opening(gate: Gate, comm: Comm): Promise<void> {
+  await until(() => gate.open || comm.closed, "the test to let the handler read").catch(() => {});
+}
+
+/**
+ * A listener whose handler, once `gate` is open, reads with `for await` and
+ * reports how that ended: the error, or "ended quietly". `read` gets the
+ * messages it read.
+ */
+async function failingReads(
+  options: ListenOptions = {},
+  gate: Gate = { open: true },
+): Promise<{ listener: Listener; failure: Promise<unknown>; read: unknown[] }> {
   const failure = Promise.withResolvers<unknown>();
+  const read: unknown[] = [];
   const listener = await listen("ws://127.0.0.1:0/comm", async (comm) => {
+    await opening(gate, comm);
     try {
-      failure.resolve(await comm.read());
+      for await (const message of comm) read.push(message);
+      failure.resolve("ended quietly");
     } catch (error) {
       failure.resolve(error);
     }
-  });
-  return { listener, failure: within(failure.promise, "the handler's read to end") };
+  }, options);
+  const ended = within(failure.promise, "the handler's reading to end");
+  ended.catch(() => {}); // Reported where a test awaits it.
+  return { listener, failure: ended, read };
 }
 
 /** A 16-byte x-comm header announcing 2**40 frames. */
@@ -419,6 +445,190 @@ Deno.test("Comm.read() over ws:// rejects with CommClosedError naming the code a
   });
 });
 
+Deno.test("Comm.read() over ws:// rejects with CommClosedError naming the frames when a dask-layout peer closes inside a message", async () => {
+  const { listener, failure, read } = await failingReads();
+  await using _listener = listener;
+  await using peer = RawPeer.client(listener.contactAddress);
+  await within(peer.opened, "the raw WebSocket to open");
+  peer.sendDask([HANDSHAKE]);
+  assertHandshake(await peer.readDask());
+  peer.sendDask([encode("whole")]);
+  // A frame count of 2, one frame, and an orderly close.
+  const count = new Uint8Array(8);
+  new DataView(count.buffer).setBigUint64(0, 2n, true);
+  peer.send(count);
+  peer.send(encode({ op: "first of two frames" }));
+  assertEquals((await peer.close(1000)).code, 1000);
+  const error = await failure;
+  assertInstanceOf(error, CommClosedError, "not a quiet end");
+  assertStringIncludes((error as Error).message, "frames");
+  assertEquals(read, ["whole"]);
+});
+
+// -- Flow control --------------------------------------------------------------------
+
+/** Waits until `count()` is above 0 and the same over 50 polls in a row; returns it. */
+async function settled(count: () => number, what: string): Promise<number> {
+  let last = -1;
+  let same = 0;
+  await until(() => {
+    const now = count();
+    same = now === last ? same + 1 : 0;
+    last = now;
+    return now > 0 && same >= 50;
+  }, what);
+  return last;
+}
+
+/**
+ * Sends `messages` over and over, ignoring what the listener says, until
+ * it closes the socket or `maxBytes` went; resolves with the close. It
+ * waits for the socket to send what it holds each time: a connection that
+ * still has much coming in when the listener closes it is often dropped
+ * instead (see assertPolicyClose()).
+ */
+async function flood(peer: RawPeer, messages: Uint8Array[], maxBytes: number): Promise<CloseEvent> {
+  const { socket } = peer;
+  for (let sent = 0; socket.readyState === WebSocket.OPEN && sent < maxBytes;) {
+    for (const message of messages) socket.send(message);
+    sent += messages.reduce((sum, message) => sum + message.length, 0);
+    await until(
+      () => socket.bufferedAmount === 0 || socket.readyState !== WebSocket.OPEN,
+      "the raw WebSocket to send what it holds",
+    );
+  }
+  return await within(peer.closed, "the listener to close the flooding socket");
+}
+
+/**
+ * Checks that the listener closed a flooding peer with 1008. Deno drops a
+ * connection that still has bytes coming in when it closes, now and then,
+ * rather than finish the closing handshake: the peer then sees an unclean
+ * close with no code.
+ */
+function assertPolicyClose(closed: CloseEvent, reason: string): void {
+  if (closed.wasClean) {
+    assertEquals(closed.code, 1008);
+    assertStringIncludes(closed.reason, reason);
+  } else {
+    assert([0, 1006].includes(closed.code), `an unclean close with code ${closed.code}`);
+  }
+}
+
+Deno.test("Comm.write() over ws:// stops resolving while the peer's comm reads nothing, then delivers everything in order", async () => {
+  const total = 40;
+  const gate = { open: false };
+  const received: unknown[] = [];
+  await using listener = await listen("ws://127.0.0.1:0", async (comm) => {
+    await opening(gate, comm);
+    while (received.length < total) received.push(await comm.read());
+    // Until the client closes: a write still waiting on a closed comm rejects.
+    await comm.read().catch(() => {});
+  });
+  await using comm = await connect(listener.contactAddress);
+  let resolved = 0;
+  const writing = (async () => {
+    for (let i = 0; i < total; i++) {
+      await comm.write(new Uint8Array(MiB).fill(i));
+      resolved++;
+    }
+  })();
+  writing.catch(() => {});
+  try {
+    const stalled = await settled(() => resolved, "the writes to stall");
+    assert(stalled < 32, `${stalled} writes of 1 MiB resolved while the peer read nothing`);
+    gate.open = true;
+    await within(writing, "the writes to go on once the peer reads");
+  } finally {
+    // close() would wait for what is queued.
+    if (resolved < total) comm.abort();
+  }
+  await until(() => received.length === total, "the peer to read every message");
+  received.forEach((message, i) => {
+    assertInstanceOf(message, Uint8Array);
+    const bytes = message as Uint8Array;
+    assert(bytes.length === MiB && bytes.every((byte) => byte === i), `message #${i}`);
+  });
+});
+
+Deno.test("listen() on ws:// closes an x-comm peer that ignores flow control with code 1008 and ProtocolError", async () => {
+  const gate = { open: false };
+  const { listener, failure } = await failingReads({}, gate);
+  await using _listener = listener;
+  const { peer } = await xcommClient(listener);
+  await using _peer = peer;
+  // The handler reads nothing; the raw peer sends on, credit or not. The
+  // listener holds 8 MiB + 64 MiB unread, and its comm reads about 8 MiB
+  // ahead: 88 MiB is enough.
+  const closed = await flood(peer, [tcpFramed([encode(new Uint8Array(MiB))])], 88 * MiB);
+  assertPolicyClose(closed, "flow control");
+  gate.open = true;
+  const error = await failure;
+  assertInstanceOf(error, ProtocolError);
+  assertStringIncludes((error as Error).message, "flow control");
+});
+
+Deno.test("listen() on ws:// closes a dask-layout peer with over maxMessageSize + 64 MiB unread with code 1008 and ProtocolError", async () => {
+  const gate = { open: false };
+  const { listener, failure } = await failingReads({ maxMessageSize: MiB }, gate);
+  await using _listener = listener;
+  await using peer = RawPeer.client(listener.contactAddress);
+  await within(peer.opened, "the raw WebSocket to open");
+  peer.sendDask([HANDSHAKE]);
+  assertHandshake(await peer.readDask());
+  // 1 MiB + 64 MiB unread, and about 8 MiB read ahead: 88 MiB is enough.
+  const count = new Uint8Array(8);
+  new DataView(count.buffer).setBigUint64(0, 1n, true);
+  const closed = await flood(peer, [count, encode(new Uint8Array(MiB / 2))], 88 * MiB);
+  assertPolicyClose(closed, "has not read");
+  gate.open = true;
+  const error = await failure;
+  assertInstanceOf(error, ProtocolError);
+  assertStringIncludes((error as Error).message, "has not read");
+});
+
+// -- Closing ---------------------------------------------------------------------------
+
+Deno.test("Server.close() over ws:// answers the requests that arrived before it closed", async () => {
+  const started = Promise.withResolvers<void>();
+  const release = Promise.withResolvers<void>();
+  await using server = new Server({
+    gated: async () => {
+      started.resolve();
+      await release.promise;
+      return "first";
+    },
+    echo: ({ data }) => data,
+  });
+  await server.listen("ws://127.0.0.1:0");
+  await using comm = await connect(server.address);
+  await comm.write({ op: "gated", reply: true });
+  await within(started.promise, "the gated handler to start");
+  await comm.write({ op: "echo", data: 2, reply: true });
+  await comm.write({ op: "echo", data: 3, reply: true });
+  const closing = server.close();
+  release.resolve();
+  const replies = [];
+  for (let i = 0; i < 3; i++) replies.push(await within(comm.read(), `reply #${i}`));
+  assertEquals(replies, ["first", 2, 3]);
+  await within(assertRejects(() => comm.read(), CommClosedError), "the comm to close");
+  await within(closing, "close()");
+});
+
+Deno.test("Listener.close() on ws:// ends a client's for await loop without an error", async () => {
+  await using listener = await listen("ws://127.0.0.1:0", echo);
+  await using comm = await connect(listener.contactAddress);
+  await comm.write(1);
+  assertEquals(await within(comm.read(), "the echo"), 1);
+  const seen: unknown[] = [];
+  const loop = (async () => {
+    for await (const message of comm) seen.push(message);
+  })();
+  await within(listener.close(), "Listener.close()");
+  await within(loop, "the loop to end");
+  assertEquals(seen, []);
+});
+
 // -- The listener's HTTP side ---------------------------------------------------------
 
 Deno.test("listen() on ws:// passes other paths and plain requests at its path to httpHandler", async () => {
@@ -470,8 +680,12 @@ Deno.test("listen() on ws:// without httpHandler answers 426 at its path and 404
 
 // -- Refusals ---------------------------------------------------------------------
 
-/** The status line a raw HTTP upgrade request to `path` gets. */
-async function upgradeStatus(listener: Listener, path: string): Promise<string> {
+/** The status line a raw HTTP upgrade request to `path`, with `headers` added, gets. */
+async function upgradeStatus(
+  listener: Listener,
+  path: string,
+  headers: string[] = [],
+): Promise<string> {
   const [hostname, port] = getAddressHostPort(listener.contactAddress);
   using conn = await Deno.connect({ hostname, port });
   const request = [
@@ -481,6 +695,7 @@ async function upgradeStatus(listener: Listener, path: string): Promise<string> 
     "Connection: Upgrade",
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
     "Sec-WebSocket-Version: 13",
+    ...headers,
     "",
     "",
   ].join("\r\n");
@@ -494,6 +709,48 @@ async function upgradeStatus(listener: Listener, path: string): Promise<string> 
   }
   return text.split("\r\n")[0];
 }
+
+Deno.test("listen() on ws:// refuses an upgrade from another page's Origin with 403 and takes its own", async () => {
+  await using listener = await listen("ws://127.0.0.1:0/comm", echo);
+  const [host, port] = getAddressHostPort(listener.contactAddress);
+  const from = (origin: string) => upgradeStatus(listener, "/comm", [`Origin: ${origin}`]);
+  assertStringIncludes(await from("https://elsewhere.example"), " 403 ");
+  assertStringIncludes(await from(`http://${host}:${port + 1}`), " 403 ", "another port");
+  assertStringIncludes(await from("null"), " 403 ");
+  assertStringIncludes(await from(`http://${host}:${port}`), " 101 ");
+  assertStringIncludes(await upgradeStatus(listener, "/comm"), " 101 ", "no Origin");
+});
+
+Deno.test("listen() on ws:// takes upgrades from the origins allowedOrigins lists or accepts", async () => {
+  const asked: string[] = [];
+  const accepts = (origin: string) => {
+    asked.push(origin);
+    return origin.endsWith(".app.example");
+  };
+  const cases: [ListenOptions["allowedOrigins"], string, string][] = [
+    [["https://app.example"], "https://app.example", " 101 "],
+    [["https://app.example"], "https://other.example", " 403 "],
+    [["*"], "https://any.example", " 101 "],
+    [accepts, "https://a.app.example", " 101 "],
+    [accepts, "https://other.example", " 403 "],
+  ];
+  for (const [allowedOrigins, origin, status] of cases) {
+    await using listener = await listen("ws://127.0.0.1:0/comm", echo, { allowedOrigins });
+    const got = await upgradeStatus(listener, "/comm", [`Origin: ${origin}`]);
+    assertStringIncludes(got, status, `${origin} with ${JSON.stringify(allowedOrigins)}`);
+  }
+  assertEquals(asked, ["https://a.app.example", "https://other.example"]);
+});
+
+Deno.test("listen() on ws:// throws TypeError for allowedOrigins neither an array of strings nor a function", async () => {
+  for (const allowedOrigins of ["https://app.example", [42], { "*": true }]) {
+    await assertRejects(
+      () => listen("ws://127.0.0.1:0", { allowedOrigins } as unknown as ListenOptions),
+      TypeError,
+      "allowedOrigins",
+    );
+  }
+});
 
 Deno.test("listen() on ws:// with the multiprocessing framing refuses a client without x-comm with 400", async () => {
   await using listener = await listen("ws://127.0.0.1:0/comm", echo, {
@@ -570,6 +827,22 @@ Deno.test("listen() on ws:// at a path puts the path in listenAddress and contac
   await using listener = await listen("ws://127.0.0.1:0/a/b");
   assert(listener.listenAddress.endsWith("/a/b"), listener.listenAddress);
   assert(listener.contactAddress.endsWith("/a/b"), listener.contactAddress);
+});
+
+Deno.test(`listen() on ws:// refuses a path with "." or ".." segments with AddressError`, async () => {
+  for (const path of ["/a/../b", "/./x", "/a/.."]) {
+    await assertRejects(() => listen(`ws://127.0.0.1:0${path}`), AddressError, "segments");
+  }
+});
+
+Deno.test(`connect() to a ws:// path with "." or ".." segments rejects with AddressError`, async () => {
+  for (const path of ["/a/../b", "/./x", "/a/.."]) {
+    await assertRejects(
+      () => connect(`ws://127.0.0.1:1${path}`, { timeout: 1_000 }),
+      AddressError,
+      "segments",
+    );
+  }
 });
 
 Deno.test("connect() to a ws:// address with a query reaches the listener at its path", async () => {
