@@ -114,11 +114,11 @@ Deno.test("getAddressHost() and getAddressHostPort() ask the backend", () => {
 
 Deno.test("getBackend() lists the known schemes for an unknown one", () => {
   const error = assertThrows(() => getBackend("foo"), AddressError);
-  assertEquals(error.message, `Unknown scheme "foo" (known schemes: inproc, tcp, tls, unix)`);
+  assertEquals(error.message, `Unknown scheme "foo" (known schemes: inproc, tcp, tls, unix, ws, wss)`);
   assertThrows(
     () => getAddressHost("foo://x"),
     AddressError,
-    `Cannot get the host of "foo://x": unknown scheme "foo" (known schemes: inproc, tcp, tls, unix`,
+    `Cannot get the host of "foo://x": unknown scheme "foo" (known schemes: inproc, tcp, tls, unix, ws, wss`,
   );
 });
 
