@@ -114,7 +114,10 @@ Deno.test("getAddressHost() and getAddressHostPort() ask the backend", () => {
 
 Deno.test("getBackend() lists the known schemes for an unknown one", () => {
   const error = assertThrows(() => getBackend("foo"), AddressError);
-  assertEquals(error.message, `Unknown scheme "foo" (known schemes: inproc, tcp, tls, unix, ws, wss)`);
+  assertEquals(
+    error.message,
+    `Unknown scheme "foo" (known schemes: inproc, tcp, tls, unix, ws, wss)`,
+  );
   assertThrows(
     () => getAddressHost("foo://x"),
     AddressError,
