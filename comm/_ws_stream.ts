@@ -361,9 +361,7 @@ export class WebSocketByteStream implements ByteStream {
     }
     if (typeof credit !== "number" || !Number.isInteger(credit) || credit <= 0) return false;
     this.#inFlight = Math.max(0, this.#inFlight - credit);
-    const waiter = this.#creditWaiter;
-    this.#creditWaiter = undefined;
-    waiter?.resolve();
+    this.#wakeWriter();
     return true;
   }
 
@@ -465,7 +463,7 @@ export class WebSocketByteStream implements ByteStream {
     wake?.resolve();
   }
 
-  /** Wakes a write waiting for credit, once the stream ended. */
+  /** Wakes a write waiting for credit (it checks again whether it may send). */
   #wakeWriter(): void {
     const waiter = this.#creditWaiter;
     this.#creditWaiter = undefined;

@@ -39,7 +39,7 @@ import { backends } from "./_backends.ts";
 import { concreteHost } from "./_conn_listener.ts";
 import { hostPortHelpers } from "./_net.ts";
 import { Queue } from "./_queue.ts";
-import { type Deferred, deferred, messageOf } from "./_util.ts";
+import { abortable, type Deferred, deferred, messageOf } from "./_util.ts";
 import { AddressError } from "./errors.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import {
@@ -190,7 +190,7 @@ async function connectWebSocket(
   if (client) stream.closed.then(() => client.close());
   let localAddress: string | undefined;
   try {
-    localAddress = await abortableOpen(stream, options.signal);
+    localAddress = await abortable(stream.opened, options.signal);
     if (options.framing === "multiprocessing" && stream.layout !== "x-comm") {
       throw new Error(
         `the multiprocessing framing needs an @x/comm listener (one that agrees to the "${WEBSOCKET_PROTOCOL}" subprotocol)`,
@@ -205,19 +205,6 @@ async function connectWebSocket(
     // A WebSocket does not tell its own address; an @x/comm listener does.
     localAddress: localAddress ?? `${scheme}://0.0.0.0:0`,
     peerAddress,
-  });
-}
-
-/** `stream.opened`, or the signal's reason once it aborts. */
-function abortableOpen(
-  stream: WebSocketByteStream,
-  signal: AbortSignal,
-): Promise<string | undefined> {
-  signal.throwIfAborted();
-  return new Promise((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    stream.opened.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
   });
 }
 
