@@ -266,11 +266,7 @@ export async function bulk(
   count: number,
 ): Promise<number> {
   const payload = new Uint8Array(bytes);
-  const header = new Uint8Array(24);
-  const view = new DataView(header.buffer);
-  view.setUint32(0, 16 + bytes, true);
-  view.setUint32(8, 1, true);
-  view.setUint32(16, bytes, true);
+  const header = bulkHeader(bytes);
   const start = performance.now();
   const receiving = (async () => {
     for (let i = 0; i < count; i++) {
@@ -317,4 +313,14 @@ export class BareQueue<T> {
     }
     return new Promise((resolve) => this.#waiter = resolve);
   }
+}
+
+/** The header of a one-frame message of `bytes` bytes, in dask's framing. */
+export function bulkHeader(bytes: number): Uint8Array {
+  const header = new Uint8Array(24);
+  const view = new DataView(header.buffer);
+  view.setUint32(0, 16 + bytes, true);
+  view.setUint32(8, 1, true);
+  view.setUint32(16, bytes, true);
+  return header;
 }

@@ -8,7 +8,7 @@
  */
 
 import { Decoder, Encoder } from "@msgpack/msgpack";
-import { frame, tlsMaterial } from "./_raw.ts";
+import { bulkHeader, frame, tlsMaterial } from "./_raw.ts";
 
 export type WsTransport = "ws" | "wss";
 
@@ -127,11 +127,7 @@ export async function bulk(
   chunk = MAX_WS_MESSAGE,
 ): Promise<number> {
   const payload = new Uint8Array(bytes);
-  const header = new Uint8Array(24);
-  const view = new DataView(header.buffer);
-  view.setUint32(0, 16 + bytes, true);
-  view.setUint32(8, 1, true);
-  view.setUint32(16, bytes, true);
+  const header = bulkHeader(bytes);
   let done!: () => void;
   const received = new Promise<void>((resolve) => done = resolve);
   let messages = 0;

@@ -318,46 +318,40 @@ function progress(key: string) {
 console.error(`Measuring (${REPEATS} alternating repetitions each, medians)...`);
 const ourSetups = await setups();
 
-for (const transport of ["tcp", "unix", "tls"] as const) {
-  const key = `W1-${transport}`;
-  if (!wanted(key)) continue;
-  progress(key);
-  const ours = await ourPair(ourSetups[transport]);
-  const echoing = ourEcho(ours.server);
-  const rawPair = await raw.rawPair(transport);
-  const rawEcho = raw.echo(rawPair.server);
-  const [o, r] = await sideBySide(
-    () => ourPingPong(ours.client, W1_COUNT),
-    () => raw.pingPong(rawPair.client, W1_COUNT),
-  );
-  await ours.close();
-  await echoing;
-  rawPair.close();
-  await rawEcho;
-  rows.push(ratioRow({
-    key,
-    workload: `W1 ping-pong, one process, ${transport}`,
-    unit: "round trips/s",
-    ours: o,
-    raw: r,
-  }, 0.8));
+/** The raw reference of W1 on `transport`: bare sockets, or bare WebSockets. */
+async function rawPingPong(
+  transport: raw.Transport | rawWs.WsTransport,
+): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
+  if (transport === "ws" || transport === "wss") {
+    const pair = await rawWs.rawWsPair(transport);
+    rawWs.echo(pair.server);
+    return { run: () => rawWs.pingPong(pair.client, W1_COUNT), close: () => pair.close() };
+  }
+  const pair = await raw.rawPair(transport);
+  const echoing = raw.echo(pair.server);
+  return {
+    run: () => raw.pingPong(pair.client, W1_COUNT),
+    close: async () => {
+      pair.close();
+      await echoing;
+    },
+  };
 }
 
-for (const transport of ["ws", "wss"] as const) {
+for (const transport of ["tcp", "unix", "tls", "ws", "wss"] as const) {
   const key = `W1-${transport}`;
   if (!wanted(key)) continue;
   progress(key);
   const ours = await ourPair(ourSetups[transport]);
   const echoing = ourEcho(ours.server);
-  const rawPair = await rawWs.rawWsPair(transport);
-  rawWs.echo(rawPair.server);
+  const reference = await rawPingPong(transport);
   const [o, r] = await sideBySide(
     () => ourPingPong(ours.client, W1_COUNT),
-    () => rawWs.pingPong(rawPair.client, W1_COUNT),
+    reference.run,
   );
   await ours.close();
   await echoing;
-  await rawPair.close();
+  await reference.close();
   rows.push(ratioRow({
     key,
     workload: `W1 ping-pong, one process, ${transport}`,

@@ -4,7 +4,34 @@ import { parseHostPort, unparseHostPort } from "./addressing.ts";
 import { concreteHost, ConnListener, firstInterface, isLoopback } from "./_conn_listener.ts";
 import { AddressError } from "./errors.ts";
 import type { Backend, BackendListener } from "./registry.ts";
-import type { ListenOptions } from "./types.ts";
+import type { ListenOptions, TlsOptions } from "./types.ts";
+
+/** The client certificate to present (tls, wss), if `cert` and `key` ask for one. */
+export function clientCertificate(
+  address: string,
+  { cert, key }: TlsOptions,
+): { cert: string; key: string } | Record<never, never> {
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new TypeError(
+      `Cannot connect to "${address}": a client certificate needs both "cert" and "key"`,
+    );
+  }
+  return cert !== undefined && key !== undefined ? { cert, key } : {};
+}
+
+/** The certificate and key a TLS listener (tls, wss) cannot do without. */
+export function serverCertificate(
+  scheme: string,
+  location: string,
+  { cert, key }: TlsOptions,
+): { cert: string; key: string } {
+  if (typeof cert !== "string" || typeof key !== "string") {
+    throw new TypeError(
+      `Cannot listen on "${scheme}://${location}": the ${scheme} backend needs "cert" and "key" options (PEM strings)`,
+    );
+  }
+  return { cert, key };
+}
 
 /** The port of an address that must name a real host and port. */
 export function connectHostPort(scheme: string, location: string): [string, number] {

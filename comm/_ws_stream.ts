@@ -186,12 +186,7 @@ export class WebSocketByteStream implements ByteStream {
     return this.#opened.promise;
   }
 
-  /** Settles once the socket closed all the way. */
-  get closed(): Promise<void> {
-    return this.#closed.promise;
-  }
-
-  /** What StreamComm's close() waits for. */
+  /** Settles once the socket closed all the way; StreamComm's close() waits for it. */
   get [STREAM_CLOSED](): Promise<void> {
     return this.#closed.promise;
   }

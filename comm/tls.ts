@@ -13,11 +13,13 @@ import { abortable } from "./_util.ts";
 import { backends } from "./_backends.ts";
 import type { Backend, BackendConnectOptions, BackendListener } from "./registry.ts";
 import {
+  clientCertificate,
   connectHostPort,
   hostPortHelpers,
   listenHostPort,
   netAddress,
   netListener,
+  serverCertificate,
 } from "./_net.ts";
 import { streamCommOver } from "./_conn_listener.ts";
 import type { Comm, ListenOptions } from "./types.ts";
@@ -36,19 +38,10 @@ import type { Comm, ListenOptions } from "./types.ts";
 export const tlsBackend: Backend = {
   async connect(location: string, options: BackendConnectOptions): Promise<Comm> {
     const [hostname, port] = connectHostPort("tls", location);
-    const { caCerts, cert, key, signal } = options;
-    if ((cert === undefined) !== (key === undefined)) {
-      throw new TypeError(
-        `Cannot connect to "tls://${location}": a client certificate needs both "cert" and "key"`,
-      );
-    }
+    const { caCerts, signal } = options;
+    const certificate = clientCertificate(`tls://${location}`, options);
     // Deno.connectTls takes no signal: race it, and close a late connection.
-    const opening = Deno.connectTls({
-      hostname,
-      port,
-      caCerts,
-      ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
-    });
+    const opening = Deno.connectTls({ hostname, port, caCerts, ...certificate });
     let conn: Deno.TlsConn;
     try {
       conn = await abortable(opening, signal);
@@ -71,12 +64,7 @@ export const tlsBackend: Backend = {
   },
 
   listen(location: string, options: ListenOptions): Promise<BackendListener> {
-    const { cert, key } = options;
-    if (typeof cert !== "string" || typeof key !== "string") {
-      throw new TypeError(
-        `Cannot listen on "tls://${location}": the tls backend needs "cert" and "key" options (PEM strings)`,
-      );
-    }
+    const { cert, key } = serverCertificate("tls", location, options);
     const [hostname, port] = listenHostPort("tls", location);
     const listener = Deno.listenTls({ hostname, port, cert, key });
     return Promise.resolve(netListener("tls", listener, options));

@@ -37,7 +37,7 @@ import { unparseHostPort } from "./addressing.ts";
 import { parseHostPort } from "./addressing.ts";
 import { backends } from "./_backends.ts";
 import { concreteHost } from "./_conn_listener.ts";
-import { hostPortHelpers } from "./_net.ts";
+import { clientCertificate, hostPortHelpers, serverCertificate } from "./_net.ts";
 import { Queue } from "./_queue.ts";
 import { abortable, type Deferred, deferred, messageOf } from "./_util.ts";
 import { AddressError } from "./errors.ts";
@@ -45,10 +45,11 @@ import type { Backend, BackendConnectOptions, BackendListener } from "./registry
 import {
   DEFAULT_MAX_MESSAGE_SIZE,
   DEFER_READING,
+  STREAM_CLOSED,
   StreamComm,
+  type StreamCommOptions,
   WHOLE_WRITES,
 } from "./stream_comm.ts";
-import type { StreamCommOptions } from "./stream_comm.ts";
 import type { Comm, ListenOptions } from "./types.ts";
 import {
   MAX_WEBSOCKET_MESSAGE_BYTES,
@@ -187,7 +188,7 @@ async function connectWebSocket(
     peerAddress,
     maxMessageSize: options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE,
   });
-  if (client) stream.closed.then(() => client.close());
+  if (client) stream[STREAM_CLOSED].then(() => client.close());
   let localAddress: string | undefined;
   try {
     localAddress = await abortable(stream.opened, options.signal);
@@ -212,21 +213,14 @@ async function connectWebSocket(
 function tlsClient(address: string, options: BackendConnectOptions): Deno.HttpClient | undefined {
   const { caCerts, cert, key } = options;
   if (caCerts === undefined && cert === undefined && key === undefined) return undefined;
-  if ((cert === undefined) !== (key === undefined)) {
-    throw new TypeError(
-      `Cannot connect to "${address}": a client certificate needs both "cert" and "key"`,
-    );
-  }
+  const certificate = clientCertificate(address, options);
   const deno = (globalThis as { Deno?: typeof Deno }).Deno;
   if (typeof deno?.createHttpClient !== "function") {
     throw new TypeError(
       `Cannot connect to "${address}": "caCerts", "cert" and "key" need Deno; a browser uses its own certificates`,
     );
   }
-  return deno.createHttpClient({
-    caCerts,
-    ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
-  });
+  return deno.createHttpClient({ caCerts, ...certificate });
 }
 
 /** A StreamComm over a WebSocket stream; the socket is closed if that fails. */
@@ -272,12 +266,8 @@ class WebSocketListener implements BackendListener {
         `Cannot listen on "${scheme}://${location}": listening needs Deno.serve; this runtime can only connect`,
       );
     }
-    const { cert, key, httpHandler } = options;
-    if (scheme === "wss" && (typeof cert !== "string" || typeof key !== "string")) {
-      throw new TypeError(
-        `Cannot listen on "${scheme}://${location}": the wss backend needs "cert" and "key" options (PEM strings)`,
-      );
-    }
+    const tls = scheme === "wss" ? serverCertificate(scheme, location, options) : {};
+    const { httpHandler } = options;
     if (httpHandler !== undefined && typeof httpHandler !== "function") {
       throw new TypeError(
         `Cannot listen on "${scheme}://${location}": "httpHandler" must be a function`,
@@ -305,7 +295,7 @@ class WebSocketListener implements BackendListener {
         this.#report(error);
         return new Response("Internal Server Error\n", { status: 500 });
       },
-      ...(scheme === "wss" ? { cert, key } : {}),
+      ...tls,
     }, (request, info) => this.#handle(request, info));
     const bound = this.#server.addr;
     const path = parts.path === "/" ? "" : parts.path;

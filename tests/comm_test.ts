@@ -349,17 +349,19 @@ Deno.test("connect() to tls presents a client certificate", async () => {
   assertEquals(await comm.read(), "with a client certificate");
 });
 
-Deno.test("connect() to tls with a client certificate but no key rejects with TypeError", async () => {
-  await using listener = await listen("tls://127.0.0.1:0", echo, {
-    cert: SERVER_CERT,
-    key: SERVER_KEY,
+for (const scheme of ["tls", "wss"]) {
+  Deno.test(`connect() to ${scheme} with a client certificate but no key rejects with TypeError`, async () => {
+    await using listener = await listen(`${scheme}://127.0.0.1:0`, echo, {
+      cert: SERVER_CERT,
+      key: SERVER_KEY,
+    });
+    await assertRejects(
+      () => connect(listener.contactAddress, { caCerts: [CA], cert: CLIENT_CERT, timeout: 1_000 }),
+      TypeError,
+      "key",
+    );
   });
-  await assertRejects(
-    () => connect(listener.contactAddress, { caCerts: [CA], cert: CLIENT_CERT, timeout: 1_000 }),
-    TypeError,
-    "key",
-  );
-});
+}
 
 Deno.test("listen() on tls without a certificate throws TypeError", async () => {
   const error = await assertRejects(() => listen("tls://127.0.0.1:0"), TypeError) as Error;

@@ -549,32 +549,37 @@ Deno.test("Server.close() closes idle comms without waiting for busy ones", asyn
   await within(closing, "close()");
 });
 
-Deno.test("Server.close() answers the requests that arrived before it closed", async () => {
-  const started = Promise.withResolvers<void>();
-  const release = Promise.withResolvers<void>();
-  await using server = new Server({
-    gated: async () => {
-      started.resolve();
-      await release.promise;
-      return "first";
-    },
-    echo: ({ data }) => data,
+// Over ws too, whose listener must keep its HTTP server until the comms
+// close: stopping it would cut their WebSockets.
+for (const address of ["inproc://", "ws://127.0.0.1:0"]) {
+  const over = address.startsWith("ws") ? " over ws://" : "";
+  Deno.test(`Server.close()${over} answers the requests that arrived before it closed`, async () => {
+    const started = Promise.withResolvers<void>();
+    const release = Promise.withResolvers<void>();
+    await using server = new Server({
+      gated: async () => {
+        started.resolve();
+        await release.promise;
+        return "first";
+      },
+      echo: ({ data }) => data,
+    });
+    await server.listen(address);
+    await using comm = await connect(server.address);
+    await comm.write({ op: "gated", reply: true });
+    await within(started.promise, "the gated handler to start");
+    // Queued behind the running call when close() is called.
+    await comm.write({ op: "echo", data: 2, reply: true });
+    await comm.write({ op: "echo", data: 3, reply: true });
+    const closing = server.close();
+    release.resolve();
+    const replies = [];
+    for (let i = 0; i < 3; i++) replies.push(await within(comm.read(), `reply #${i}`));
+    assertEquals(replies, ["first", 2, 3]);
+    await within(assertRejects(() => comm.read(), CommClosedError), "the comm to close");
+    await within(closing, "close()");
   });
-  await server.listen("inproc://");
-  await using comm = await connect(server.address);
-  await comm.write({ op: "gated", reply: true });
-  await within(started.promise, "the gated handler to start");
-  // Queued behind the running call when close() is called.
-  await comm.write({ op: "echo", data: 2, reply: true });
-  await comm.write({ op: "echo", data: 3, reply: true });
-  const closing = server.close();
-  release.resolve();
-  const replies = [];
-  for (let i = 0; i < 3; i++) replies.push(await within(comm.read(), `reply #${i}`));
-  assertEquals(replies, ["first", 2, 3]);
-  await within(assertRejects(() => comm.read(), CommClosedError), "the comm to close");
-  await within(closing, "close()");
-});
+}
 
 Deno.test("Server.close() stops reading a comm that keeps sending, after a grace period", async () => {
   let handled = 0;
