@@ -12,6 +12,8 @@
  * (md5, sha256, sha384, sha3_256, sha3_384) or the bare 16-byte HMAC-MD5
  * that Python 3.11 and older send. Answering, we match what we were sent:
  * a bare HMAC-MD5 to a legacy 20-byte challenge, a prefixed HMAC otherwise.
+ * The `digests` option narrows what is accepted both ways (leaving out MD5
+ * refuses legacy peers).
  * Every message of the exchange is at most 256 bytes; digests are compared
  * in constant time.
  *
@@ -20,7 +22,7 @@
 
 import { AuthenticationError, CommClosedError, ProtocolError } from "../comm/errors.ts";
 import { type RawChannel, rawChannel } from "../comm/stream_comm.ts";
-import type { Comm } from "../comm/types.ts";
+import type { AuthDigest, Comm } from "../comm/types.ts";
 import { describe, messageOf } from "../comm/_util.ts";
 
 const encoder = new TextEncoder();
@@ -42,6 +44,7 @@ const DIGESTS = new Map([
   ["sha3_256", "sha3-256"],
   ["sha3_384", "sha3-384"],
 ]);
+const ALL_DIGESTS: ReadonlySet<string> = new Set(DIGESTS.keys());
 /** node:crypto, once loaded: not imported above, so that a browser build can leave it out. */
 let nodeCrypto: typeof import("node:crypto") | undefined;
 const MAX_DIGEST_NAME = Math.max(...[...DIGESTS.keys()].map((name) => name.length));
@@ -66,6 +69,16 @@ const CLOSE_BRACE = 0x7d;
 export interface ChallengeOptions {
   /** Stops waiting for the peer: the call rejects with the signal's reason. */
   signal?: AbortSignal;
+  /**
+   * The digests accepted: in the peer's answer to our challenge, and in
+   * the challenge we answer. Leave out `"md5"` to refuse legacy peers
+   * (Python 3.11 and older answer only in HMAC-MD5), so that nobody can
+   * talk the exchange down to MD5. Our challenge names `sha256` when it is
+   * allowed, else the first digest given.
+   *
+   * @default {["md5", "sha256", "sha384", "sha3_256", "sha3_384"]}
+   */
+  digests?: readonly AuthDigest[];
 }
 
 /**
@@ -98,8 +111,9 @@ export interface ChallengeOptions {
  * @throws {AuthenticationError} If the peer's answer is wrong, malformed or
  * too long, or the comm closed during the exchange; the peer is sent
  * `#FAILURE#` when its answer was read and found wrong.
- * @throws {TypeError} If `authkey` is not a string or a Uint8Array.
- * @throws {RangeError} If `authkey` is empty.
+ * @throws {TypeError} If `authkey` is not a string or a Uint8Array, or
+ * `digests` names a digest Python does not offer.
+ * @throws {RangeError} If `authkey` or `digests` is empty.
  */
 export async function deliverChallenge(
   comm: Comm,
@@ -107,17 +121,19 @@ export async function deliverChallenge(
   options: ChallengeOptions = {},
 ): Promise<void> {
   const key = authkeyBytes(authkey);
+  const allowed = checkDigests(options.digests);
   const channel = channelOf(comm);
   await loadCrypto();
+  const ours = allowed.has("sha256") ? "sha256" : allowed.values().next().value!;
   const message = concat(
-    encoder.encode("{sha256}"),
+    encoder.encode(`{${ours}}`),
     crypto.getRandomValues(new Uint8Array(MESSAGE_LENGTH)),
   );
   await exchange(comm, async () => {
     await channel.send(concat(CHALLENGE, message));
     const response = await channel.receive(MAX_MESSAGE_BYTES, options.signal);
     try {
-      verify(key, message, response, comm.peerAddress);
+      verify(key, message, response, allowed, comm.peerAddress);
     } catch (error) {
       await channel.send(FAILURE).catch(() => {});
       throw error;
@@ -150,10 +166,11 @@ export async function deliverChallenge(
  * @param authkey The shared key: a string (UTF-8) or bytes.
  * @param options A signal to stop waiting.
  * @throws {AuthenticationError} If the peer sends something other than a
- * challenge, a challenge too short, or rejects our answer, or the comm
- * closed during the exchange.
- * @throws {TypeError} If `authkey` is not a string or a Uint8Array.
- * @throws {RangeError} If `authkey` is empty.
+ * challenge, a challenge too short or in a digest `digests` leaves out, or
+ * rejects our answer, or the comm closed during the exchange.
+ * @throws {TypeError} If `authkey` is not a string or a Uint8Array, or
+ * `digests` names a digest Python does not offer.
+ * @throws {RangeError} If `authkey` or `digests` is empty.
  */
 export async function answerChallenge(
   comm: Comm,
@@ -161,6 +178,7 @@ export async function answerChallenge(
   options: ChallengeOptions = {},
 ): Promise<void> {
   const key = authkeyBytes(authkey);
+  const allowed = checkDigests(options.digests);
   const channel = channelOf(comm);
   await loadCrypto();
   await exchange(comm, async () => {
@@ -176,7 +194,7 @@ export async function answerChallenge(
         `Challenge from "${comm.peerAddress}" too short: ${challenge.length} bytes`,
       );
     }
-    await channel.send(respond(key, challenge, comm.peerAddress));
+    await channel.send(respond(key, challenge, allowed, comm.peerAddress));
     const reply = await channel.receive(MAX_MESSAGE_BYTES, options.signal);
     if (!equalBytes(reply, WELCOME)) {
       throw new AuthenticationError(`The digest sent was rejected by "${comm.peerAddress}"`);
@@ -193,15 +211,38 @@ export async function authenticate(
   comm: Comm,
   authkey: string | Uint8Array,
   side: "listener" | "client",
-  signal?: AbortSignal,
+  options: ChallengeOptions,
 ): Promise<void> {
   if (side === "listener") {
-    await deliverChallenge(comm, authkey, { signal });
-    await answerChallenge(comm, authkey, { signal });
+    await deliverChallenge(comm, authkey, options);
+    await answerChallenge(comm, authkey, options);
   } else {
-    await answerChallenge(comm, authkey, { signal });
-    await deliverChallenge(comm, authkey, { signal });
+    await answerChallenge(comm, authkey, options);
+    await deliverChallenge(comm, authkey, options);
   }
+}
+
+/** Checks a `digests` option; returns the digests allowed. */
+export function checkDigests(digests: unknown): ReadonlySet<string> {
+  if (digests === undefined) return ALL_DIGESTS;
+  if (!Array.isArray(digests)) {
+    throw new TypeError(
+      `Invalid digests ${describe(digests)}: expected an array of ${
+        [...DIGESTS.keys()].join(", ")
+      }`,
+    );
+  }
+  for (const name of digests) {
+    if (typeof name !== "string" || !DIGESTS.has(name)) {
+      throw new TypeError(
+        `Invalid digest ${describe(name)}: expected one of ${[...DIGESTS.keys()].join(", ")}`,
+      );
+    }
+  }
+  if (digests.length === 0) {
+    throw new RangeError("Invalid digests: the list is empty, so no peer could authenticate");
+  }
+  return new Set(digests);
 }
 
 /** Checks an `authkey` option; returns its bytes. */
@@ -294,8 +335,14 @@ function hmac(digest: string, key: Uint8Array, message: Uint8Array): Uint8Array 
 }
 
 /** Our answer to `challenge`: in the digest it names, or bare HMAC-MD5 to a legacy one. */
-function respond(key: Uint8Array, challenge: Uint8Array, peerAddress: string): Uint8Array {
+function respond(
+  key: Uint8Array,
+  challenge: Uint8Array,
+  allowed: ReadonlySet<string>,
+  peerAddress: string,
+): Uint8Array {
   const [digest] = digestOf(challenge, peerAddress);
+  refuseUnless(allowed, digest || "md5", `challenged us in`, peerAddress);
   if (digest === "") return hmac("md5", key, challenge);
   return concat(encoder.encode(`{${digest}}`), hmac(digest, key, challenge));
 }
@@ -305,10 +352,12 @@ function verify(
   key: Uint8Array,
   message: Uint8Array,
   response: Uint8Array,
+  allowed: ReadonlySet<string>,
   peerAddress: string,
 ): void {
   const [named, mac] = digestOf(response, peerAddress);
   const digest = named || "md5";
+  refuseUnless(allowed, digest, "answered in", peerAddress);
   const expected = hmac(digest, key, message);
   if (expected.length !== mac.length) {
     throw new AuthenticationError(
@@ -318,6 +367,21 @@ function verify(
   if (!nodeCrypto!.timingSafeEqual(expected, mac)) {
     throw new AuthenticationError(`The digest received from "${peerAddress}" was wrong`);
   }
+}
+
+/** Refuses a digest the `digests` option leaves out, before any HMAC is made or compared. */
+function refuseUnless(
+  allowed: ReadonlySet<string>,
+  digest: string,
+  what: string,
+  peerAddress: string,
+): void {
+  if (allowed.has(digest)) return;
+  throw new AuthenticationError(
+    `Peer "${peerAddress}" ${what} ${digest}${
+      digest === "md5" ? " (a legacy peer, or an attempt to downgrade)" : ""
+    }, which this side refuses (allowed: ${[...allowed].join(", ")})`,
+  );
 }
 
 function concat(a: Uint8Array, b: Uint8Array): Uint8Array {

@@ -29,4 +29,5 @@
  */
 
 export { answerChallenge, type ChallengeOptions, deliverChallenge } from "./challenge.ts";
+export type { AuthDigest } from "../comm/types.ts";
 export { AuthenticationError } from "../comm/errors.ts";

@@ -23,7 +23,7 @@ import {
   reportError,
   timeoutSignal,
 } from "./_util.ts";
-import { authenticate, authkeyBytes } from "../auth/challenge.ts";
+import { authenticate, authkeyBytes, checkDigests } from "../auth/challenge.ts";
 import { startReading } from "./stream_comm.ts";
 import {
   AddressError,
@@ -37,6 +37,7 @@ import { lookupAddress } from "./_backends.ts";
 import { listenerControl } from "./_listener_control.ts";
 import type { BackendListener } from "./registry.ts";
 import type {
+  AuthDigest,
   Comm,
   CommHandler,
   CommOptions,
@@ -169,7 +170,10 @@ export async function connect(
   const timer = timeoutSignal(left, userSignal);
   try {
     if (options.authkey !== undefined) {
-      await authenticate(comm, options.authkey, "client", timer.signal);
+      await authenticate(comm, options.authkey, "client", {
+        signal: timer.signal,
+        digests: options.authDigests,
+      });
     }
     if (checkFraming(options.framing) === "dask") await handshake(comm, timer.signal);
     startReading(comm);
@@ -336,6 +340,7 @@ function checkCommOptions(options: CommOptions): void {
   if ((options as ConnectOptions).authkey !== undefined) {
     authkeyBytes((options as ConnectOptions).authkey);
   }
+  checkDigests((options as ConnectOptions).authDigests);
 }
 
 /** Both sides write their handshake and read the peer's, until `signal` aborts. */
@@ -366,6 +371,7 @@ class CommListener implements Listener {
   #handshakeTimeout: number;
   #onError: ((error: unknown) => void) | undefined;
   #authkey: string | Uint8Array | undefined;
+  #authDigests: readonly AuthDigest[] | undefined;
   #daskHandshake: boolean;
   #lastAccepted: string | undefined;
   #comms = new Set<Comm>();
@@ -393,6 +399,7 @@ class CommListener implements Listener {
     this.#handshakeTimeout = handshakeTimeout;
     this.#onError = options.onError;
     this.#authkey = options.authkey;
+    this.#authDigests = options.authDigests;
     this.#daskHandshake = checkFraming(options.framing) === "dask";
     this.#acceptLoop = this.#accept();
   }
@@ -486,7 +493,10 @@ class CommListener implements Listener {
     const timer = timeoutSignal(this.#handshakeTimeout);
     try {
       if (this.#authkey !== undefined) {
-        await authenticate(comm, this.#authkey, "listener", timer.signal);
+        await authenticate(comm, this.#authkey, "listener", {
+          signal: timer.signal,
+          digests: this.#authDigests,
+        });
       }
       if (this.#daskHandshake) await handshake(comm, timer.signal);
       startReading(comm);

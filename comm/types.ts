@@ -328,7 +328,37 @@ export interface AuthOptions {
    * (256 bytes at most each) is decoded.
    */
   authkey?: string | Uint8Array;
+  /**
+   * The digests this side accepts in the challenge: in the peer's answer
+   * to our challenge, and in the challenge we answer. Leave out `"md5"` to
+   * refuse legacy peers (Python 3.11 and older answer only in HMAC-MD5),
+   * so that nobody can talk an exchange down to MD5.
+   *
+   * @default {["md5", "sha256", "sha384", "sha3_256", "sha3_384"]}
+   */
+  authDigests?: readonly AuthDigest[];
 }
+
+/**
+ * A digest of `multiprocessing.connection`'s HMAC challenge, by Python's
+ * name for it. `"md5"` is the legacy one, the only one Python 3.11 and
+ * older speak.
+ *
+ * @example Refusing legacy peers
+ * ```ts
+ * import { type AuthDigest, connect, listen } from "@x/comm";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const authDigests: AuthDigest[] = ["sha256", "sha384"];
+ * await using listener = await listen("tcp://127.0.0.1:0", async (comm) => {
+ *   await comm.write(await comm.read());
+ * }, { authkey: "s3cret", authDigests });
+ * await using comm = await connect(listener.contactAddress, { authkey: "s3cret", authDigests });
+ * await comm.write("in");
+ * assertEquals(await comm.read(), "in");
+ * ```
+ */
+export type AuthDigest = "md5" | "sha256" | "sha384" | "sha3_256" | "sha3_384";
 
 /**
  * TLS settings for the `tls` scheme, in PEM. Other schemes ignore them.

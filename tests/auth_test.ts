@@ -280,6 +280,111 @@ Deno.test("listen() with authkey accepts an answer in every digest CPython 3.12 
   assertEquals(server.reports.errors, []);
 });
 
+Deno.test("listen() with authDigests leaving out md5 refuses an MD5 answer to its {sha256} challenge", async () => {
+  const authDigests = ["sha256", "sha384", "sha3_256", "sha3_384"] as const;
+  await using server = await authListener({ authDigests: [...authDigests] });
+  // A downgrade: the right key, but answered in MD5, bare (Python 3.11) or prefixed.
+  for (const [i, digest] of ["", "md5"].entries()) {
+    using peer = await RawPeer.dial(server.port);
+    const challenge = await readChallenge(peer);
+    assertEquals(text(challenge.subarray(0, 8)), "{sha256}");
+    await peer.send(daskFrame(answerTo(KEY, challenge, digest)));
+    assertEquals(text(await peer.end()), text(daskFrame(FAILURE)), digest || "bare");
+    const [error] = (await server.reports.atLeast(i + 1)).slice(i);
+    assertInstanceOf(error, AuthenticationError);
+    assertStringIncludes(
+      error.message,
+      "answered in md5 (a legacy peer, or an attempt to downgrade)",
+    );
+    assertStringIncludes(error.message, "allowed: sha256, sha384, sha3_256, sha3_384");
+  }
+  // The same listener takes the stronger digests.
+  for (const digest of authDigests) {
+    using peer = await RawPeer.dial(server.port);
+    await authenticateAsPython(peer, KEY, { answerDigest: digest });
+    await daskHandshake(peer);
+    assertEquals(await echoOnce(peer, digest), digest);
+  }
+  assertEquals(server.reports.errors.length, 2);
+});
+
+Deno.test("listen() with authDigests challenges in the first digest given when sha256 is left out", async () => {
+  await using server = await authListener({ authDigests: ["sha3_384", "sha384"] });
+  using peer = await RawPeer.dial(server.port);
+  const challenge = await readChallenge(peer);
+  assertEquals(text(challenge.subarray(0, 10)), "{sha3_384}");
+  await peer.send(daskFrame(answerTo(KEY, challenge, "sha3_384")));
+  assertEquals(text(await peer.readDask()), "#WELCOME#");
+});
+
+Deno.test("connect() with authDigests leaving out md5 refuses a legacy challenge without answering it", async () => {
+  let answered: Uint8Array | undefined;
+  await using server = rawServer(async (peer) => {
+    // A listener, or a man in the middle, asking for the legacy MD5 answer.
+    await peer.send(daskFrame(concat(CHALLENGE, random(20))));
+    answered = await peer.end();
+  });
+  const error = await assertRejects(
+    () => connect(server.address, { authkey: KEY, authDigests: ["sha256"], timeout: 5_000 }),
+    AuthenticationError,
+  );
+  assertStringIncludes(
+    error.message,
+    "challenged us in md5 (a legacy peer, or an attempt to downgrade)",
+  );
+  await server.done;
+  assertEquals(answered?.length, 0, "an MD5 answer went out");
+});
+
+Deno.test("listen() with authkey refuses a replayed answer: every challenge is fresh", async () => {
+  await using server = await authListener();
+  // An eavesdropper records a good client's answer...
+  let recorded: Uint8Array;
+  {
+    using peer = await RawPeer.dial(server.port);
+    recorded = answerTo(KEY, await readChallenge(peer), "sha256");
+    await peer.send(daskFrame(recorded));
+    assertEquals(text(await peer.readDask()), "#WELCOME#");
+  }
+  // ...and plays it back on connections of its own, without the key.
+  for (let i = 0; i < 3; i++) {
+    using peer = await RawPeer.dial(server.port);
+    await readChallenge(peer);
+    await peer.send(daskFrame(recorded));
+    assertEquals(text(await peer.end()), text(daskFrame(FAILURE)), `replay ${i}`);
+  }
+  const errors = await server.reports.atLeast(4);
+  // The first is the recorded client, which hung up before answering our challenge.
+  for (const error of errors.slice(1)) {
+    assertInstanceOf(error, AuthenticationError);
+    assertStringIncludes(error.message, "was wrong");
+  }
+});
+
+Deno.test("connect() and listen() refuse authDigests naming no digest or an unknown one", async () => {
+  for (
+    const [authDigests, Class, included] of [
+      [[], RangeError, "the list is empty"],
+      [["sha1"], TypeError, 'Invalid digest "sha1": expected one of md5, sha256'],
+      [["SHA256"], TypeError, 'Invalid digest "SHA256"'],
+      ["sha256", TypeError, "expected an array"],
+    ] as const
+  ) {
+    await assertRejects(
+      // @ts-expect-error: what a JavaScript caller could pass
+      () => connect("tcp://127.0.0.1:1", { authkey: KEY, authDigests }),
+      Class,
+      included,
+    );
+    await assertRejects(
+      // @ts-expect-error: what a JavaScript caller could pass
+      () => listen("tcp://127.0.0.1:0", echo, { authkey: KEY, authDigests }),
+      Class,
+      included,
+    );
+  }
+});
+
 Deno.test("listen() with authkey takes a peer's challenge sent together with its answer", async () => {
   await using server = await authListener();
   using peer = await RawPeer.dial(server.port);
@@ -392,6 +497,8 @@ Deno.test("connect() with authkey answers a challenge in the digest it names, le
 Deno.test("connect() with authkey rejects a challenge it cannot answer with AuthenticationError", async () => {
   const challenges: [string, Uint8Array, string][] = [
     ["a challenge of 10 bytes", daskFrame(concat(CHALLENGE, random(10))), "too short"],
+    ["a challenge of 19 bytes", daskFrame(concat(CHALLENGE, random(19))), "too short: 19 bytes"],
+    ["an empty challenge", daskFrame(CHALLENGE), "too short: 0 bytes"],
     ["a {md4} challenge", daskFrame(concat(CHALLENGE, prefixed("md4", random(40)))), "md4"],
     ["no challenge", daskFrame(WELCOME), "expected a challenge"],
     ["257 bytes", daskFrame(concat(CHALLENGE, random(246))), "256 bytes"],
