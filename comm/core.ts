@@ -80,7 +80,8 @@ const ACCEPT_RETRY_MS = 100;
 /**
  * Opens a comm to `address` and does dask's handshake.
  *
- * Refused connections are retried with jittered exponential backoff until
+ * Refused connections, and connections the peer closes or resets before
+ * its handshake, are dialled again with jittered exponential backoff until
  * `timeout` runs out; the handshake must finish within it too.
  *
  * @example
@@ -129,12 +130,22 @@ export async function connect(
   let attemptCap = timeout / 5;
   let attempt = 0;
   let lastError: unknown;
-  let comm: Comm | undefined;
-  while (comm === undefined) {
+  const backOff = async (error: unknown) => {
+    lastError = error;
+    attemptCap = timeout;
+    const wait = Math.random() * Math.min(
+      deadline - performance.now(),
+      BACKOFF_BASE_MS * 2 ** Math.min(attempt++, 20),
+      MAX_BACKOFF_MS,
+    );
+    if (wait > 0) await delay(wait, { signal: userSignal });
+  };
+  for (;;) {
     const left = deadline - performance.now();
     if (left <= 0) throw timedOut("no connection", lastError);
     const { signal, clear } = timeoutSignal(Math.min(attemptCap, left), userSignal);
     const opening = backend.connect(location, { ...options, signal });
+    let comm: Comm;
     try {
       comm = await abortable(opening, signal);
     } catch (error) {
@@ -145,29 +156,58 @@ export async function connect(
         throw quoting(error, address, "connect to");
       }
       if (signal.aborted) {
-        lastError = new Error(`an attempt took over ${Math.round(attemptCap)} ms`);
+        await backOff(new Error(`an attempt took over ${Math.round(attemptCap)} ms`));
       } else if (error instanceof Error && RETRYABLE.has(error.name)) {
-        lastError = error;
+        await backOff(error);
       } else {
         throw new ConnectError(
           `Cannot connect to "${address}": ${messageOf(error)}`,
           { cause: error },
         );
       }
-      attemptCap = timeout;
-      const wait = Math.random() * Math.min(
-        deadline - performance.now(),
-        BACKOFF_BASE_MS * 2 ** Math.min(attempt++, 20),
-        MAX_BACKOFF_MS,
-      );
-      if (wait > 0) await delay(wait, { signal: userSignal });
+      continue;
     } finally {
       clear();
     }
+    try {
+      await greet(comm, options, deadline, userSignal);
+      return comm;
+    } catch (error) {
+      comm.abort(error);
+      await comm.close();
+      if (userSignal?.aborted) throw userSignal.reason;
+      if (isTimeout(error)) {
+        throw timedOut(
+          options.authkey === undefined
+            ? "no handshake from the peer"
+            : "no authentication and handshake from the peer",
+        );
+      }
+      // A peer that hung up or reset before its part of the exchange (a
+      // listener shutting down, or a proxy with no server behind it yet)
+      // is dialled again, as a refused connection is.
+      if (hungUp(error)) {
+        await backOff(error);
+        continue;
+      }
+      // Misuse, such as an authkey where there is no node:crypto, is reported as it is.
+      if (error instanceof AuthenticationError || error instanceof TypeError) throw error;
+      throw new ConnectError(
+        `Cannot connect to "${address}": the handshake failed: ${messageOf(error)}`,
+        { cause: error },
+      );
+    }
   }
+}
 
-  const left = Math.max(0, deadline - performance.now());
-  const timer = timeoutSignal(left, userSignal);
+/** The authkey challenge, if any, and dask's handshake, within what is left of `deadline`. */
+async function greet(
+  comm: Comm,
+  options: ConnectOptions,
+  deadline: number,
+  userSignal: AbortSignal | undefined,
+): Promise<void> {
+  const timer = timeoutSignal(Math.max(0, deadline - performance.now()), userSignal);
   try {
     if (options.authkey !== undefined) {
       await authenticate(comm, options.authkey, "client", {
@@ -177,27 +217,15 @@ export async function connect(
     }
     if (checkFraming(options.framing) === "dask") await handshake(comm, timer.signal);
     startReading(comm);
-  } catch (error) {
-    comm.abort(error);
-    await comm.close();
-    if (userSignal?.aborted) throw userSignal.reason;
-    if (isTimeout(error)) {
-      throw timedOut(
-        options.authkey === undefined
-          ? "no handshake from the peer"
-          : "no authentication and handshake from the peer",
-      );
-    }
-    // Misuse, such as an authkey where there is no node:crypto, is reported as it is.
-    if (error instanceof AuthenticationError || error instanceof TypeError) throw error;
-    throw new ConnectError(
-      `Cannot connect to "${address}": the handshake failed: ${messageOf(error)}`,
-      { cause: error },
-    );
   } finally {
     timer.clear();
   }
-  return comm;
+}
+
+/** Whether the peer closed or reset the connection during the exchange, having said no word of refusal. */
+function hungUp(error: unknown): boolean {
+  if (error instanceof AuthenticationError) error = error.cause;
+  return error instanceof CommClosedError && !(error instanceof ProtocolError);
 }
 
 /**
