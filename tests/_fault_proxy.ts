@@ -60,11 +60,11 @@ export class FaultProxy implements AsyncDisposable {
     targetPort: number,
     plan: (index: number) => Fault = () => ({ kind: "none" }),
   ): Promise<FaultProxy> {
-    let proxy!: FaultProxy;
-    const server = net.createServer({ pauseOnConnect: true }, (client) => {
+    const server = net.createServer({ pauseOnConnect: true });
+    const proxy = new FaultProxy(server);
+    server.on("connection", (client: net.Socket) => {
       proxy.#accept(client, targetPort, plan(proxy.connections.length));
     });
-    proxy = new FaultProxy(server);
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(0, "127.0.0.1", () => resolve());
