@@ -27,13 +27,8 @@ import {
   RemoteError,
   Server,
 } from "@x/comm";
+import { counted, type Gauge } from "./_gauge.ts";
 import { until } from "./_wait.ts";
-
-/** Comms alive on the server side, and the most alive at once. */
-interface Gauge {
-  live: number;
-  max: number;
-}
 
 /**
  * An echo listener that keeps the comms it accepted and counts those alive
@@ -44,17 +39,17 @@ async function echoListener(
   gauge: Gauge = { live: 0, max: 0 },
 ): Promise<Listener & { comms: Comm[]; gauge: Gauge }> {
   const comms: Comm[] = [];
-  const listener = await listen(address, async (comm) => {
-    comms.push(comm);
-    gauge.max = Math.max(gauge.max, ++gauge.live);
-    try {
-      for await (const message of comm) await comm.write(message);
-    } catch {
-      // The client went away mid-write.
-    } finally {
-      gauge.live--;
-    }
-  });
+  const listener = await listen(
+    address,
+    counted(gauge, async (comm) => {
+      comms.push(comm);
+      try {
+        for await (const message of comm) await comm.write(message);
+      } catch {
+        // The client went away mid-write.
+      }
+    }),
+  );
   return Object.assign(listener, { comms, gauge });
 }
 
@@ -492,17 +487,12 @@ Deno.test("ConnectionPool refuses a limit that is not a positive whole number or
 });
 
 Deno.test("ConnectionPool.rpc() runs many concurrent calls over at most `limit` comms", async () => {
-  let live = 0;
-  let maxLive = 0;
+  const gauge: Gauge = { live: 0, max: 0 };
   await using server = new Server({ square: ({ n }) => n * n });
-  await using listener = await listen("tcp://127.0.0.1:0", async (comm) => {
-    maxLive = Math.max(maxLive, ++live);
-    try {
-      await server.handleComm(comm);
-    } finally {
-      live--;
-    }
-  });
+  await using listener = await listen(
+    "tcp://127.0.0.1:0",
+    counted(gauge, (comm) => server.handleComm(comm)),
+  );
   await using pool = new ConnectionPool({ limit: 4 });
   const remote = pool.rpc(listener.contactAddress);
   assertEquals(remote.address, listener.contactAddress);
@@ -521,7 +511,7 @@ Deno.test("ConnectionPool.rpc() runs many concurrent calls over at most `limit` 
   assertEquals(results.length, CALLS);
   for (let n = 0; n < CALLS; n++) assertEquals(results[n], n * n);
   assert(maxOpen <= 4, `pool.open reached ${maxOpen}`);
-  assert(maxLive <= 4, `the server saw ${maxLive} comms at once`);
+  assert(gauge.max <= 4, `the server saw ${gauge.max} comms at once`);
   assertEquals(pool.active, 0);
   assertEquals(pool.waiting, 0);
 });
