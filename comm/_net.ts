@@ -19,6 +19,47 @@ export function clientCertificate(
   return cert !== undefined && key !== undefined ? { cert, key } : {};
 }
 
+/**
+ * What a failed TLS handshake (tls, wss) means, put before the words of
+ * Deno's TLS library (rustls), which name the problem in its own terms
+ * ("invalid peer certificate: UnknownIssuer"). Returns `error`, its message
+ * rewritten if it is one of these problems.
+ *
+ * @param error What the handshake rejected with.
+ * @param host The host dialled, which the server's certificate must name.
+ */
+export function explainTlsError(error: unknown, host: string): unknown {
+  if (!(error instanceof Error)) return error;
+  const words = error.message;
+  let meaning: string | undefined;
+  if (/\bUnknownIssuer\b/.test(words)) {
+    meaning =
+      `the server's certificate is not signed by a trusted CA: pass the CA that signed it in "caCerts"`;
+  } else if (/certificate expired|invalid peer certificate: Expired\b/.test(words)) {
+    const until = /not valid after (\d+)/.exec(words);
+    meaning = `the server's certificate has expired${
+      until ? `: it was valid until ${isoDate(until[1])}` : ""
+    }`;
+  } else if (/certificate not valid yet|invalid peer certificate: NotValidYet\b/.test(words)) {
+    const from = /not valid before (\d+)/.exec(words);
+    meaning = `the server's certificate is not valid yet${
+      from ? `: it is valid from ${isoDate(from[1])}` : ""
+    }`;
+  } else if (/not valid for name|\bNotValidForName\b/.test(words)) {
+    meaning =
+      `the server's certificate is not valid for "${host}": connect by a name it was issued for`;
+  } else if (/fatal alert: CertificateRequired\b/.test(words)) {
+    meaning = `the server requires a client certificate: pass "cert" and "key"`;
+  }
+  if (meaning !== undefined) error.message = `${meaning} (${words})`;
+  return error;
+}
+
+/** A time in seconds since 1970 as an ISO 8601 date without milliseconds. */
+function isoDate(seconds: string): string {
+  return new Date(Number(seconds) * 1000).toISOString().replace(".000Z", "Z");
+}
+
 /** The certificate and key a TLS listener (tls, wss) cannot do without. */
 export function serverCertificate(
   scheme: string,

@@ -34,6 +34,7 @@ import {
   ProtocolError,
 } from "./errors.ts";
 import { lookupAddress } from "./_backends.ts";
+import { explainTlsError } from "./_net.ts";
 import { listenerControl } from "./_listener_control.ts";
 import type { BackendListener } from "./registry.ts";
 import type {
@@ -192,8 +193,11 @@ export async function connect(
       }
       // Misuse, such as an authkey where there is no node:crypto, is reported as it is.
       if (error instanceof AuthenticationError || error instanceof TypeError) throw error;
+      // A TLS alert at the first read, such as a client certificate required.
       throw new ConnectError(
-        `Cannot connect to "${address}": the handshake failed: ${messageOf(error)}`,
+        `Cannot connect to "${address}": the handshake failed: ${
+          messageOf(explainTlsError(error, address))
+        }`,
         { cause: error },
       );
     }
@@ -222,10 +226,15 @@ async function greet(
   }
 }
 
-/** Whether the peer closed or reset the connection during the exchange, having said no word of refusal. */
+/**
+ * Whether the peer closed or reset the connection during the exchange,
+ * having said no word of refusal. A TLS alert (such as a listener requiring
+ * a client certificate, which TLS 1.3 reports at the first read) is a word.
+ */
 function hungUp(error: unknown): boolean {
   if (error instanceof AuthenticationError) error = error.cause;
-  return error instanceof CommClosedError && !(error instanceof ProtocolError);
+  return error instanceof CommClosedError && !(error instanceof ProtocolError) &&
+    !(error.cause instanceof Error && error.cause.name === "InvalidData");
 }
 
 /**

@@ -15,6 +15,7 @@ import type { Backend, BackendConnectOptions, BackendListener } from "./registry
 import {
   clientCertificate,
   connectHostPort,
+  explainTlsError,
   hostPortHelpers,
   listenHostPort,
   netAddress,
@@ -54,7 +55,7 @@ export const tlsBackend: Backend = {
           // Already closed.
         }
       }, () => {});
-      throw error;
+      throw explainTlsError(error, hostname);
     }
     return streamCommOver(conn, {
       ...options,

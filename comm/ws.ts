@@ -37,7 +37,7 @@ import { unparseHostPort } from "./addressing.ts";
 import { parseHostPort } from "./addressing.ts";
 import { backends } from "./_backends.ts";
 import { concreteHost } from "./_conn_listener.ts";
-import { clientCertificate, hostPortHelpers, serverCertificate } from "./_net.ts";
+import { clientCertificate, explainTlsError, hostPortHelpers, serverCertificate } from "./_net.ts";
 import { Queue } from "./_queue.ts";
 import { abortable, type Deferred, deferred, messageOf } from "./_util.ts";
 import { AddressError } from "./errors.ts";
@@ -199,7 +199,7 @@ async function connectWebSocket(
     }
   } catch (error) {
     stream.close();
-    throw error;
+    throw client ? explainTlsError(error, host) : error;
   }
   return commOver(stream, {
     ...options,
