@@ -189,3 +189,41 @@ export function namedError(
   error.name = name;
   return error;
 }
+
+/** Values {@linkcode estimateSize} looks at in one message, at most. */
+const ESTIMATE_NODES = 256;
+
+/**
+ * About how much memory a message holds: the bytes of its binaries and
+ * strings plus a few bytes a value, from at most the first 256 values
+ * reached (so that a huge message costs no more than a small one to
+ * estimate). Used to bound queues that pass messages by reference.
+ */
+export function estimateSize(message: unknown): number {
+  let size = 16;
+  let visits = 0;
+  const stack: unknown[] = [message];
+  while (stack.length > 0 && visits++ < ESTIMATE_NODES) {
+    const value = stack.pop();
+    if (typeof value === "string") size += value.length;
+    else if (typeof value !== "object" || value === null) size += 8;
+    else if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) size += value.byteLength;
+    else if (Array.isArray(value)) {
+      size += 8 * value.length;
+      for (let i = 0; i < value.length && stack.length < ESTIMATE_NODES; i++) stack.push(value[i]);
+    } else if (value instanceof Map || value instanceof Set) {
+      size += 16 * value.size;
+      for (const entry of value) {
+        if (stack.length >= ESTIMATE_NODES) break;
+        stack.push(entry);
+      }
+    } else {
+      for (const key in value) {
+        size += 16 + key.length;
+        if (stack.length >= ESTIMATE_NODES) break;
+        stack.push((value as Record<string, unknown>)[key]);
+      }
+    }
+  }
+  return size;
+}

@@ -8,9 +8,11 @@
 import { CommClosedError } from "./errors.ts";
 import {
   checkDuration,
+  checkSize,
   CLOSE_GRACE_MS,
   closeWithin,
   describe,
+  estimateSize,
   MAX_TIMER_MS,
   messageOf,
   reportError,
@@ -56,17 +58,30 @@ export interface BatchedSendOptions {
    * @default {10000}
    */
   closeTimeout?: number;
+  /**
+   * Bytes that may be queued and in flight, estimated from the messages'
+   * binaries and strings, before the promise `send()` returns waits for the
+   * comm to catch up. `send()` itself never blocks: awaiting it is how a
+   * producer faster than the peer is slowed down.
+   *
+   * @default {16777216}
+   */
+  highWaterMark?: number;
 }
 
 const DEFAULT_INTERVAL = 2;
 const DEFAULT_CLOSE_TIMEOUT = 10_000;
+const DEFAULT_HIGH_WATER_MARK = 16 * 1024 * 1024;
+const RESOLVED: Promise<void> = Promise.resolve();
 
 /**
  * Batches messages onto a comm, as dask's `BatchedSend`: `send()` queues
  * them at once, without waiting, and a background task writes the queue as
  * one list message at most every `interval` milliseconds. The receiver gets
  * lists of messages, which a {@linkcode Server}'s stream handlers (and
- * dask's) accept.
+ * dask's) accept. Beyond `highWaterMark` bytes queued, the promise
+ * `send()` returns waits for the comm: a producer that awaits it is held
+ * to the peer's pace, one that does not queues without bound, as in dask.
  *
  * `close()` writes what is queued, then closes the comm; `abort()` drops
  * it. If the comm breaks, the messages not yet written are lost: `send()`
@@ -94,6 +109,12 @@ export class BatchedSend implements AsyncDisposable {
   #closeTimeout: number;
   #onError: ((error: unknown) => void) | undefined;
   #buffer: unknown[] = [];
+  #highWaterMark: number;
+  /** Estimated bytes of the messages in `#buffer`, and of the batch being written. */
+  #bufferBytes = 0;
+  #writingBytes = 0;
+  /** Producers waiting for the queue to drain to `highWaterMark`. */
+  #drainWaiters: (() => void)[] = [];
   #scheduled = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #writing: Promise<void> | undefined;
@@ -112,9 +133,15 @@ export class BatchedSend implements AsyncDisposable {
    *
    * @param comm The comm to write to.
    * @param options The interval, and where encoding errors go.
-   * @throws {RangeError} If `interval` is negative.
+   * @throws {RangeError} If `interval` or `closeTimeout` is negative, or
+   * `highWaterMark` not a positive whole number.
    */
   constructor(comm: Comm, options: BatchedSendOptions = {}) {
+    this.#highWaterMark = checkSize(
+      "highWaterMark",
+      options.highWaterMark,
+      DEFAULT_HIGH_WATER_MARK,
+    );
     this.#comm = comm;
     this.#interval = checkDuration("interval", options.interval, DEFAULT_INTERVAL);
     this.#closeTimeout = checkDuration(
@@ -152,14 +179,33 @@ export class BatchedSend implements AsyncDisposable {
 
   /**
    * Queues messages, to be written with the others of their interval.
-   * Returns at once.
+   * Queues at once, as dask's `send()` does; the promise it returns settles
+   * at once too while under `highWaterMark`, and otherwise once the comm
+   * has caught up. Awaiting it keeps a fast producer from queueing without
+   * bound; it never rejects (a later `send()` or `close()` reports
+   * failures).
+   *
+   * @example Slowed down to the comm's pace
+   * ```ts
+   * import { BatchedSend, pipe } from "@x/comm";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const [a, b] = pipe();
+   * const batched = new BatchedSend(a, { highWaterMark: 64 * 1024 });
+   * const reading = Array.fromAsync(b);
+   * for (let i = 0; i < 100; i++) await batched.send(new Uint8Array(16 * 1024));
+   * await batched.close();
+   * const batches = await reading;
+   * assertEquals(batches.flat().length, 100);
+   * ```
    *
    * @param messages The messages.
+   * @returns A promise that settles once the queue is under `highWaterMark`.
    * @throws {CommClosedError} If the batched stream or its comm is closed,
    * or an earlier write failed (the error says how many messages were
    * lost).
    */
-  send(...messages: unknown[]): void {
+  send(...messages: unknown[]): Promise<void> {
     if (this.#failure !== undefined) {
       throw new CommClosedError(
         `Cannot send on the batched stream to "${this.#comm.peerAddress}": its comm failed and ${this.#lost} messages were lost: ${
@@ -180,9 +226,24 @@ export class BatchedSend implements AsyncDisposable {
         `Cannot send on the batched stream to "${this.#comm.peerAddress}": its comm is closed (by the peer, or by an error)`,
       );
     }
-    for (const message of messages) this.#buffer.push(message);
+    for (const message of messages) {
+      this.#buffer.push(message);
+      this.#bufferBytes += estimateSize(message);
+    }
     this.#messages += messages.length;
     this.#schedule();
+    if (this.#bufferBytes + this.#writingBytes <= this.#highWaterMark) return RESOLVED;
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
+  }
+
+  /** Lets waiting producers go once the queue is under `highWaterMark`, or for good once closed. */
+  #drained(): void {
+    if (
+      this.#closed || this.#failure !== undefined ||
+      this.#bufferBytes + this.#writingBytes <= this.#highWaterMark
+    ) {
+      for (const resolve of this.#drainWaiters.splice(0)) resolve();
+    }
   }
 
   /**
@@ -206,8 +267,10 @@ export class BatchedSend implements AsyncDisposable {
     this.#closed = true;
     this.#aborted = true;
     this.#buffer = [];
+    this.#bufferBytes = 0;
     clearTimeout(this.#timer);
     this.#comm.abort(reason);
+    this.#drained();
   }
 
   /** Closes, so that `await using` works. */
@@ -231,9 +294,13 @@ export class BatchedSend implements AsyncDisposable {
     if (this.#closed || this.#buffer.length === 0) return;
     const batch = this.#buffer;
     this.#buffer = [];
+    this.#writingBytes = this.#bufferBytes;
+    this.#bufferBytes = 0;
     this.#nextWrite = performance.now() + this.#interval;
     this.#writing = this.#write(batch).then(() => {
       this.#writing = undefined;
+      this.#writingBytes = 0;
+      this.#drained();
       if (!this.#closed) this.#schedule();
     });
   }
@@ -283,13 +350,16 @@ export class BatchedSend implements AsyncDisposable {
     this.#failure = error;
     this.#lost += lost + this.#buffer.length;
     this.#buffer = [];
+    this.#bufferBytes = 0;
     this.#comm.abort(error);
+    this.#drained();
   }
 
   async #close(): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#timer);
     this.#scheduled = false;
+    this.#drained();
     const ms = this.#closeTimeout;
     const timer = ms < MAX_TIMER_MS
       ? setTimeout(() =>

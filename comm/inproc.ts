@@ -10,7 +10,14 @@
  */
 
 import { Queue, waitInLine } from "./_queue.ts";
-import { checkSize, type Deferred, deferred, messageOf, namedError } from "./_util.ts";
+import {
+  checkSize,
+  type Deferred,
+  deferred,
+  estimateSize,
+  messageOf,
+  namedError,
+} from "./_util.ts";
 import { checkReadInto, copyInto, pollWith } from "./stream_comm.ts";
 import { AddressError, CommClosedError } from "./errors.ts";
 import { backends } from "./_backends.ts";
@@ -19,6 +26,11 @@ import type { Comm, CommOptions, ReadOptions } from "./types.ts";
 
 /** Default of `highWaterMark` for inproc comms: 1024 messages. */
 const DEFAULT_INPROC_HIGH_WATER_MARK = 1024;
+/**
+ * Writes also wait while the messages queued hold more than this, by
+ * {@linkcode estimateSize}: 1,024 messages of 1 MiB would be 1 GiB.
+ */
+const INPROC_HIGH_WATER_BYTES = 16 * 1024 * 1024;
 
 const RESOLVED: Promise<void> = Promise.resolve();
 const listeners = new Map<string, InprocListener>();
@@ -36,6 +48,9 @@ class InprocComm implements Comm {
   #peerAddress: string;
   #highWaterMark: number;
   #inbox = new Queue<unknown>();
+  /** The estimated size of each message in the inbox, and their sum. */
+  #sizes = new Queue<number>();
+  #inboxBytes = 0;
   #readers = new Queue<Deferred<unknown>>();
   /** The peer's writes waiting for this inbox to drain. */
   #blockedWriters = new Queue<Deferred<void>>();
@@ -78,9 +93,11 @@ class InprocComm implements Comm {
     if (this.#closed) return Promise.reject(this.#closedError());
     if (this.#inbox.length > 0) {
       const message = this.#inbox.shift();
+      this.#inboxBytes -= this.#sizes.shift()!;
       if (
         this.#blockedWriters.length > 0 &&
-        this.#inbox.length <= this.#highWaterMark / 2
+        this.#inbox.length <= this.#highWaterMark / 2 &&
+        this.#inboxBytes <= INPROC_HIGH_WATER_BYTES / 2
       ) {
         for (let w; (w = this.#blockedWriters.shift());) w.resolve();
       }
@@ -117,8 +134,13 @@ class InprocComm implements Comm {
       return RESOLVED;
     }
     peer.#inbox.push(message);
+    const size = estimateSize(message);
+    peer.#sizes.push(size);
+    peer.#inboxBytes += size;
     for (let w; (w = peer.#arrivals.shift());) w.resolve(true);
-    if (peer.#inbox.length <= this.#highWaterMark) return RESOLVED;
+    if (
+      peer.#inbox.length <= this.#highWaterMark && peer.#inboxBytes <= INPROC_HIGH_WATER_BYTES
+    ) return RESOLVED;
     const waiter = deferred<void>();
     peer.#blockedWriters.push(waiter);
     return waiter.promise;
@@ -166,7 +188,7 @@ class InprocComm implements Comm {
     // Their messages sit in this inbox, which will never be read.
     for (const writer of this.#blockedWriters.drain()) writer.reject(error);
     for (const waiter of this.#arrivals.drain()) waiter.resolve(true);
-    this.#inbox.drain();
+    this.#clearInbox();
     const peer = this.#peer;
     if (reason === undefined) {
       // Closing: our writes are in the peer's inbox, delivered, so they
@@ -176,9 +198,15 @@ class InprocComm implements Comm {
       // Aborting drops what the peer has not read yet; our blocked writes
       // fail like the rest.
       for (const writer of peer.#blockedWriters.drain()) writer.reject(error);
-      peer.#inbox.drain();
+      peer.#clearInbox();
     }
     peer.#onPeerClosed();
+  }
+
+  #clearInbox(): void {
+    this.#inbox.drain();
+    this.#sizes.drain();
+    this.#inboxBytes = 0;
   }
 
   #onPeerClosed(): void {
@@ -317,7 +345,8 @@ export const inprocBackend: Backend = {
  * assertEquals([...await Array.fromAsync(b)], []); // b ends once a closes
  * ```
  *
- * @param options `highWaterMark`, in messages.
+ * @param options `highWaterMark`, in messages (writes also wait while the
+ * messages queued hold over 16 MiB of binaries and strings).
  * @returns The two ends.
  * @throws {RangeError} If `highWaterMark` is not a positive whole number.
  */

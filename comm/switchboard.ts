@@ -21,6 +21,7 @@ import {
   checkSize,
   type Deferred,
   describe,
+  estimateSize,
   messageOf,
   timeoutSignal,
 } from "./_util.ts";
@@ -29,6 +30,11 @@ import type { Comm, ConnectOptions, Listener, ListenOptions } from "./types.ts";
 
 const DEFAULT_RENDEZVOUS_TIMEOUT = 30_000;
 const DEFAULT_CAPACITY = 1024;
+/**
+ * Senders also wait while a receiver's queue holds more than this, by
+ * `estimateSize()`: 1,024 messages of 1 MiB would be 1 GiB.
+ */
+const CAPACITY_BYTES = 16 * 1024 * 1024;
 const SENDER_KEY = "__Sender__";
 const CONTROL_KEY = "__switchboard__";
 
@@ -186,7 +192,8 @@ export interface MpscOptions {
   maxProducers?: number;
   /**
    * Messages the receiver holds before senders wait (a remote sender's comm
-   * stops being read).
+   * stops being read). Senders also wait while the messages held come to
+   * over 16 MiB of binaries and strings.
    *
    * @default {1024}
    */
@@ -240,6 +247,9 @@ export interface BroadcastOptions {
  */
 export class Receiver<T> implements AsyncIterable<T> {
   #queue = new Queue<T>();
+  /** The estimated size of each queued message, and their sum. */
+  #sizes = new Queue<number>();
+  #queuedBytes = 0;
   #waiters = new Queue<Deferred<T>>();
   #spaceWaiters: (() => void)[] = [];
   #capacity: number;
@@ -280,7 +290,10 @@ export class Receiver<T> implements AsyncIterable<T> {
   receive(options: { signal?: AbortSignal } = {}): Promise<T> {
     if (this.#queue.length > 0) {
       const message = this.#queue.shift() as T;
-      this.#spaceWaiters.shift()?.();
+      this.#queuedBytes -= this.#sizes.shift()!;
+      if (this.#queue.length <= this.#capacity && this.#queuedBytes <= CAPACITY_BYTES) {
+        for (const resolve of this.#spaceWaiters.splice(0)) resolve();
+      }
       return Promise.resolve(message);
     }
     if (this.#ended) return Promise.reject(this.#ended);
@@ -316,7 +329,12 @@ export class Receiver<T> implements AsyncIterable<T> {
       return Promise.resolve();
     }
     this.#queue.push(message);
-    if (this.#queue.length <= this.#capacity) return Promise.resolve();
+    const size = estimateSize(message);
+    this.#sizes.push(size);
+    this.#queuedBytes += size;
+    if (this.#queue.length <= this.#capacity && this.#queuedBytes <= CAPACITY_BYTES) {
+      return Promise.resolve();
+    }
     return new Promise((resolve) => this.#spaceWaiters.push(resolve));
   }
 

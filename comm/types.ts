@@ -232,7 +232,8 @@ export interface CommOptions {
   maxMessageSize?: number;
   /**
    * How much may wait in the send queue before `write()` waits: bytes for
-   * stream transports, messages for `inproc`.
+   * stream transports, messages for `inproc` (where writes also wait while
+   * the messages queued hold over 16 MiB of binaries and strings).
    *
    * @default {1048576} (stream), 1024 (inproc)
    */

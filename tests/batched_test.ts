@@ -435,3 +435,42 @@ Deno.test("BatchedSend.close() gives up after closeTimeout when the peer does no
   assert(a.closed);
   await b.close();
 });
+
+Deno.test("BatchedSend.send() returns a promise that waits while over highWaterMark, and settles once the comm catches up", async () => {
+  // The comm's own writes wait once one message is unread.
+  const [a, b] = pipe({ highWaterMark: 1 });
+  const batched = new BatchedSend(a, { interval: 0, highWaterMark: 1_000 });
+  await batched.send(new Uint8Array(600)); // under the mark: at once
+  await until(() => batched.pending === 0, "the first batch to go");
+  await batched.send(new Uint8Array(600)); // written, its write waiting for b
+  await until(() => batched.pending === 0, "the second batch to go");
+  let settled = false;
+  const third = batched.send(new Uint8Array(600)).then(() => settled = true);
+  await delay(20);
+  assertFalse(settled, "1,200 bytes queued and in flight: the promise should wait");
+  assertEquals(((await b.read()) as Uint8Array[]).length, 1);
+  assertEquals(((await b.read()) as Uint8Array[]).length, 1);
+  await third;
+  await batched.close();
+  assertEquals(((await b.read()) as Uint8Array[]).length, 1);
+  await b.close();
+});
+
+Deno.test("BatchedSend.send()'s waiting promise settles, never rejects, when the stream is aborted", async () => {
+  const [a, b] = pipe({ highWaterMark: 1 });
+  const batched = new BatchedSend(a, { interval: 0, highWaterMark: 100 });
+  const waiting = [batched.send(new Uint8Array(200)), batched.send(new Uint8Array(200))];
+  batched.abort(new Error("stop"));
+  await Promise.all(waiting);
+  assertThrows(() => batched.send(1), CommClosedError);
+  await b.close();
+});
+
+Deno.test("BatchedSend refuses a highWaterMark that is not a positive whole number", () => {
+  const [a, b] = pipe();
+  for (const highWaterMark of [0, -1, 1.5, NaN]) {
+    assertThrows(() => new BatchedSend(a, { highWaterMark }), RangeError, "highWaterMark");
+  }
+  a.abort();
+  b.abort();
+});

@@ -1,4 +1,5 @@
-import { assert, assertEquals, assertRejects, assertStrictEquals } from "@std/assert";
+import { assert, assertEquals, assertFalse, assertRejects, assertStrictEquals } from "@std/assert";
+import { delay } from "@std/async/delay";
 import { CommClosedError, connect, listen, pipe } from "../mod.ts";
 
 Deno.test("connect() checks size options before opening a connection", async () => {
@@ -87,4 +88,22 @@ Deno.test("Comm.close() on inproc lets the peer read everything written", async 
   await Promise.all(writes);
   assertEquals(await Array.fromAsync(b), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
   assertStrictEquals(b.closed, true);
+});
+
+Deno.test("Comm.write() on inproc waits while the peer's queue holds over 16 MiB, below highWaterMark messages", async () => {
+  const [a, b] = pipe();
+  const MIB = 1024 * 1024;
+  for (let i = 0; i < 15; i++) await a.write(new Uint8Array(MIB));
+  let written = false;
+  const sixteenth = a.write(new Uint8Array(MIB)).then(() => written = true);
+  await delay(10);
+  assertFalse(written, "16 MiB and more queued: the write should wait");
+  // Writers go on once the queue is down to half of that: 7 of the 16 left.
+  for (let i = 0; i < 8; i++) assertEquals(((await b.read()) as Uint8Array).length, MIB);
+  await delay(10);
+  assertFalse(written, "8 MiB and a little more queued: the write should still wait");
+  assertEquals(((await b.read()) as Uint8Array).length, MIB);
+  await sixteenth;
+  await a.close();
+  assertEquals((await Array.fromAsync(b)).length, 7);
 });

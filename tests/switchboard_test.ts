@@ -689,3 +689,18 @@ Deno.test({
     assertEquals(await drain(rx), ["from b"]);
   },
 });
+
+Deno.test("A local sender waits while the receiver holds over 16 MiB, whatever its capacity in messages", async () => {
+  await using board = await Switchboard.local();
+  const [tx, rx] = board.mpsc<Uint8Array>();
+  const MIB = 1024 * 1024;
+  for (let i = 0; i < 15; i++) await tx.send(new Uint8Array(MIB));
+  let sent = false;
+  const sixteenth = tx.send(new Uint8Array(MIB)).then(() => sent = true);
+  await delay(10);
+  assertFalse(sent, "16 MiB and more queued: the send should wait for room");
+  assertEquals((await rx.receive()).length, MIB);
+  await within(sixteenth, "the waiting send");
+  await tx.close();
+  assertEquals((await drain(rx)).length, 15);
+});
