@@ -21,7 +21,7 @@ import {
   listen,
   type Listener,
   pipe,
-  Sender,
+  type Sender,
   Switchboard,
 } from "../../mod.ts";
 
