@@ -42,7 +42,15 @@ export const tlsBackend: Backend = {
     const { caCerts, signal } = options;
     const certificate = clientCertificate(`tls://${location}`, options);
     // Deno.connectTls takes no signal: race it, and close a late connection.
-    const opening = Deno.connectTls({ hostname, port, caCerts, ...certificate });
+    // Without a client certificate, TLS starts on a tcp connection with
+    // Nagle's algorithm off (a TlsConn cannot turn it off), else the first
+    // message after the TLS handshake waits ~40 ms for a delayed ACK.
+    const opening = !("cert" in certificate)
+      ? Deno.connect({ hostname, port }).then((tcp) => {
+        tcp.setNoDelay(true);
+        return Deno.startTls(tcp, { hostname, caCerts });
+      })
+      : Deno.connectTls({ hostname, port, caCerts, ...certificate });
     let conn: Deno.TlsConn;
     try {
       conn = await abortable(opening, signal);
