@@ -9,6 +9,7 @@ import { Decoder, Encoder } from "@msgpack/msgpack";
 import { ProtocolError } from "./errors.ts";
 import { Serialized } from "./serialized.ts";
 import { TO_WIRE, type WireValue } from "./_wire_value.ts";
+import { messageOf } from "./_util.ts";
 
 /** Turns a message into frames and frames into a message. */
 export interface Codec {
@@ -79,6 +80,11 @@ interface DecoderInternals {
   readI64(): number | bigint;
   readU64AsBigInt(): bigint;
   readI64AsBigInt(): bigint;
+  stack: DecoderStack;
+}
+interface DecoderStack {
+  pushArrayState(size: number): void;
+  top(): { size: number };
 }
 
 /**
@@ -202,15 +208,42 @@ const keyCache: KeyDecoder = {
  * safe integers, as `bigint` beyond ±2^53 (instead of rounding silently).
  * Map keys that are neither strings nor numbers (a Python tuple key) become
  * their JSON text rather than failing the whole message.
+ *
+ * An array is made at the length its header announces only while the
+ * lengths announced add up to no more than the bytes decoded (each element
+ * takes at least a byte, so every honest message stays within); past that it
+ * grows as its elements arrive. The library's `new Array(length)` alone let
+ * 15 KB of nested array headers take 2.6 GB before the decode failed.
  */
 function createDecoder(): Decoder {
   const decoder = new Decoder({ mapKeyConverter: convertMapKey, keyDecoder: keyCache });
   const internals = decoder as unknown as DecoderInternals;
   const readU64AsBigInt = internals.readU64AsBigInt;
   const readI64AsBigInt = internals.readI64AsBigInt;
-  if (typeof readU64AsBigInt !== "function" || typeof readI64AsBigInt !== "function") {
+  const stack = internals.stack;
+  const pushArrayState = stack?.pushArrayState;
+  if (
+    typeof readU64AsBigInt !== "function" || typeof readI64AsBigInt !== "function" ||
+    typeof pushArrayState !== "function" || typeof stack.top !== "function"
+  ) {
     throw new Error("Unsupported @msgpack/msgpack version: expected 3.x internals");
   }
+  /** Array elements that may still be made ahead of their bytes, in this decode. */
+  let budget = 0;
+  stack.pushArrayState = function (this: DecoderStack, size: number) {
+    if (size <= budget) {
+      budget -= size;
+      pushArrayState.call(this, size);
+    } else {
+      pushArrayState.call(this, 0);
+      this.top().size = size;
+    }
+  };
+  const decode = decoder.decode;
+  decoder.decode = function (this: Decoder, bytes: Parameters<Decoder["decode"]>[0]) {
+    budget = (bytes as Uint8Array).byteLength ?? 0;
+    return decode.call(this, bytes);
+  };
   internals.readU64 = function (this: DecoderInternals) {
     const value = readU64AsBigInt.call(this);
     return value <= MAX_SAFE ? Number(value) : value;
@@ -304,7 +337,9 @@ export function createCodec(options: CodecOptions): Codec {
       throw new ProtocolError(
         startsWithChallenge(frames[0])
           ? "Peer sent an authkey challenge: connect with the authkey option (the key it expects)"
-          : `Peer sent a message body that is not valid msgpack: ${(error as Error).message}`,
+          : `Peer sent a message body that is not valid msgpack: ${
+            msgpackProblem(error, frames[0])
+          }`,
         { cause: error },
       );
     }
@@ -409,6 +444,19 @@ function startsWithChallenge(bytes: Uint8Array): boolean {
   if (bytes.length < CHALLENGE.length) return false;
   for (let i = 0; i < CHALLENGE.length; i++) if (bytes[i] !== CHALLENGE[i]) return false;
   return true;
+}
+
+/**
+ * What is wrong with a body the library refused, in words: it reports a
+ * value cut short as "Insufficient data" or, for a cut header, as
+ * DataView's "Offset is outside the bounds of the DataView".
+ */
+function msgpackProblem(error: unknown, body: Uint8Array): string {
+  const message = messageOf(error);
+  if (error instanceof RangeError && /^Insufficient data|outside the bounds/.test(message)) {
+    return `it ends in the middle of a value (${body.byteLength} bytes)`;
+  }
+  return message;
 }
 
 function isPlainBytes(header: Record<string, unknown>): boolean {

@@ -386,7 +386,9 @@ async function handshake(comm: Comm, signal: AbortSignal): Promise<Record<string
     comm.write(HANDSHAKE_INFO),
     comm.read({ signal }),
   ]);
-  if (typeof info !== "object" || info === null || Array.isArray(info)) {
+  if (
+    typeof info !== "object" || info === null || Object.getPrototypeOf(info) !== Object.prototype
+  ) {
     throw new ProtocolError(
       `Peer "${comm.peerAddress}" sent ${describe(info)} as its handshake: expected a map such as ${
         JSON.stringify(HANDSHAKE_INFO)

@@ -1003,11 +1003,13 @@ export class Switchboard implements AsyncDisposable {
     }
     const record = message as Record<string, unknown>;
     const wire = record[SENDER_KEY] as { node?: unknown; channel?: unknown; ticket?: unknown };
+    // Only a sender on one of our nodes comes alive; anything else stays data.
     if (
-      wire && typeof wire.node === "number" && typeof wire.channel === "string" &&
+      wire && Number.isInteger(wire.node) && (wire.node as number) >= 0 &&
+      (wire.node as number) < this.#nodes.length && typeof wire.channel === "string" &&
       typeof wire.ticket === "string"
     ) {
-      return senders.create(this, wire.node, wire.channel, wire.ticket);
+      return senders.create(this, wire.node as number, wire.channel, wire.ticket);
     }
     for (const key in record) record[key] = this.#revive(record[key], depth + 1);
     return record;
@@ -1076,10 +1078,13 @@ export class Switchboard implements AsyncDisposable {
     const comm = await connect(this.#nodes[node], this.#connectOptions);
     try {
       await comm.write(header);
-      const reply = await comm.read() as { ok?: boolean; error?: string };
+      const reply = await comm.read() as { ok?: unknown; error?: unknown };
       if (!reply?.ok) {
+        const error = reply?.error;
         throw new ChannelClosedError(
-          `Cannot use ${what} on node ${node}: ${reply?.error ?? "refused"}`,
+          `Cannot use ${what} on node ${node}: ${
+            typeof error === "string" ? error : `it answered ${describe(reply)}`
+          }`,
         );
       }
     } catch (error) {
