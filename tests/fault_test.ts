@@ -220,7 +220,9 @@ Deno.test("Comm through a proxy that drops, half-closes or resets mid-frame ends
   console.log(
     `faults: ${cases.length} injected (seed ${SEED}), errors ${
       JSON.stringify(Object.fromEntries(errorNames))
-    }, slowest report ${Math.round(worst)} ms of ${Math.round(CALL_TIMEOUT_MS * TOLERANCE)} allowed`,
+    }, slowest report ${Math.round(worst)} ms of ${
+      Math.round(CALL_TIMEOUT_MS * TOLERANCE)
+    } allowed`,
   );
 });
 
