@@ -255,13 +255,31 @@ function createDecoder(): Decoder {
   return decoder;
 }
 
+/**
+ * The longest JSON text a map key that is neither a string nor a number (a
+ * Python tuple) may become. Without a bound, keys nested in keys grow with
+ * every level (each escapes the quotes of the one inside): 3 KB of nested
+ * one-entry maps took 480 MB.
+ */
+const MAX_KEY_TEXT = 1024;
+
 function convertMapKey(key: unknown): string | number {
   if (typeof key === "string" || typeof key === "number") return key;
-  return JSON.stringify(key, (_name, value) => {
+  const tooLong = () =>
+    new RangeError(
+      `a map key that is neither a string nor a number is over ${MAX_KEY_TEXT} characters as JSON`,
+    );
+  const text = JSON.stringify(key, (_name, value) => {
     if (typeof value === "bigint") return value.toString();
-    if (value instanceof Uint8Array) return [...value];
+    if (value instanceof Uint8Array) {
+      if (value.length > MAX_KEY_TEXT) throw tooLong();
+      return [...value];
+    }
+    if (typeof value === "string" && value.length > MAX_KEY_TEXT) throw tooLong();
     return value;
   }) ?? String(key);
+  if (text.length > MAX_KEY_TEXT) throw tooLong();
+  return text;
 }
 
 /** Creates a msgpack codec whose encoder and decoder are reused per call. */

@@ -274,6 +274,23 @@ Deno.test("Codec turns map keys that are not strings into their JSON text", () =
   assertEquals(codec.decode([bytes]), { '["x",0]': 1, 2: "two", null: 3 });
 });
 
+Deno.test("Codec refuses map keys over 1,024 characters of JSON, keys nested in keys included, with ProtocolError", () => {
+  const codec = createCodec({ binaryFrameThreshold: 1024 });
+  // 3,000 one-entry maps, each the key of the next: each level escapes the
+  // quotes of the one inside, so the text doubles (it took 480 MB).
+  // Then the innermost key, and each map's value: 3,001 nils.
+  const nested = new Uint8Array(6_001).fill(0xc0);
+  nested.fill(0x81, 0, 3_000);
+  const tupleKey = (text: string) =>
+    new Uint8Array([0x81, 0x91, ...new Encoder().encode(text), 0x01]);
+  const long = tupleKey("x".repeat(2_000));
+  for (const bytes of [nested, long]) {
+    assertThrows(() => codec.decode([bytes]), ProtocolError, "over 1024 characters as JSON");
+  }
+  // Keys up to the bound still arrive as their JSON text.
+  assertEquals(codec.decode([tupleKey("x".repeat(1_000))]), { [`["${"x".repeat(1_000)}"]`]: 1 });
+});
+
 Deno.test("Codec sends lone surrogates as U+FFFD so that any peer can decode them", () => {
   const codec = createCodec({ binaryFrameThreshold: 1024 });
   const body = codec.encode({ ["k\ud800"]: "a\ud800b", ok: "é✓😀" })[0].slice();
