@@ -8,6 +8,7 @@ import type { Browser, Page } from "playwright-core";
 import { fromFileUrl } from "@std/path";
 import { listen, type ListenOptions, Server } from "../mod.ts";
 import { within } from "./_wait.ts";
+import { SERVER_CERT, SERVER_KEY } from "./_certs.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM") ?? "/usr/bin/chromium";
 const ROOT = new URL("../", import.meta.url);
@@ -23,8 +24,6 @@ const CHROMIUM_FLAGS = [
   "--disable-component-update",
   "--disable-sync",
 ];
-const TESTDATA = new URL("./testdata/", import.meta.url);
-const testdata = (name: string) => Deno.readTextFileSync(new URL(name, TESTDATA));
 
 function chromiumMissing(): string | undefined {
   try {
@@ -314,8 +313,8 @@ Deno.test({
     await using secure = await listen("wss://127.0.0.1:0/comm", async (comm) => {
       for await (const message of comm) await comm.write({ secure: message });
     }, {
-      cert: testdata("server.pem"),
-      key: testdata("server-key.pem"),
+      cert: SERVER_CERT,
+      key: SERVER_KEY,
       allowedOrigins: [pageOrigin],
     });
     await using browser = await launch();

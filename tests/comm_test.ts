@@ -33,15 +33,7 @@ import {
 } from "../mod.ts";
 import { commSuite, type ListenSite } from "./_comm_suite.ts";
 import { daskMessage, prelude } from "./_wire.ts";
-
-const TESTDATA = new URL("./testdata/", import.meta.url);
-const testdata = (name: string) => Deno.readTextFileSync(new URL(name, TESTDATA));
-const CA = testdata("ca.pem");
-const OTHER_CA = testdata("other-ca.pem");
-const SERVER_CERT = testdata("server.pem");
-const SERVER_KEY = testdata("server-key.pem");
-const CLIENT_CERT = testdata("client.pem");
-const CLIENT_KEY = testdata("client-key.pem");
+import { CA, CLIENT_CERT, CLIENT_KEY, OTHER_CA, SERVER_CERT, SERVER_KEY } from "./_certs.ts";
 
 /** Malformed addresses of a host:port scheme. */
 function malformedHostPort(scheme: string): { connect: string[]; listen: string[] } {

@@ -31,6 +31,7 @@ import {
 import { soaked } from "./_soak.ts";
 import { within } from "./_wait.ts";
 import { daskMessage } from "./_wire.ts";
+import { CA, SERVER_CERT, SERVER_KEY } from "./_certs.ts";
 
 /**
  * Long enough that its 10 % (300 ms) covers hundreds of deadlines expiring
@@ -62,10 +63,7 @@ const MIN_GOOD_ROUNDS = 5;
 const MAX_GOOD_ROUNDS = 100_000;
 const KEY = "the door key";
 const WS_PATH = "/door";
-const TESTDATA = new URL("./testdata/", import.meta.url);
-const testdata = (name: string) => Deno.readTextFileSync(new URL(name, TESTDATA));
-const CA = testdata("ca.pem");
-const CERT = { cert: testdata("server.pem"), key: testdata("server-key.pem") };
+const CERT = { cert: SERVER_CERT, key: SERVER_KEY };
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 

@@ -32,20 +32,19 @@ import {
   unparseHostPort,
 } from "../mod.ts";
 import { until } from "./_wait.ts";
-
-const testdata = (name: string) =>
-  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
-const CA = testdata("ca.pem");
-const OTHER_CA = testdata("other-ca.pem");
-const SERVER_CERT = testdata("server.pem");
-const SERVER_KEY = testdata("server-key.pem");
-const CLIENT_CERT = testdata("client.pem");
-const CLIENT_KEY = testdata("client-key.pem");
-const REFUSALS_CA = testdata("refusals-ca.pem");
-const EXPIRED_CERT = testdata("expired.pem");
-const EXPIRED_KEY = testdata("expired-key.pem");
-const OTHER_HOST_CERT = testdata("other-host.pem");
-const OTHER_HOST_KEY = testdata("other-host-key.pem");
+import {
+  CA,
+  CLIENT_CERT,
+  CLIENT_KEY,
+  EXPIRED_CERT,
+  EXPIRED_KEY,
+  OTHER_CA,
+  OTHER_HOST_CERT,
+  OTHER_HOST_KEY,
+  REFUSALS_CA,
+  SERVER_CERT,
+  SERVER_KEY,
+} from "./_certs.ts";
 
 /** So long that a refusal retried until the timeout cannot pass for a quick one. */
 const CONNECT_TIMEOUT_MS = 20_000;

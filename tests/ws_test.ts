@@ -28,11 +28,8 @@ import {
   resolveAddress,
 } from "../mod.ts";
 import { until, within } from "./_wait.ts";
+import { SERVER_CERT, SERVER_KEY } from "./_certs.ts";
 
-const testdata = (name: string) =>
-  Deno.readTextFileSync(new URL(`./testdata/${name}`, import.meta.url));
-const SERVER_CERT = testdata("server.pem");
-const SERVER_KEY = testdata("server-key.pem");
 const MiB = 1024 * 1024;
 
 /** dask's handshake, the first message each side sends. */
