@@ -157,7 +157,9 @@ export async function connect(
         throw quoting(error, address, "connect to");
       }
       if (signal.aborted) {
-        await backOff(new Error(`an attempt took over ${Math.round(attemptCap)} ms`));
+        await backOff(
+          new Error(`an attempt took over ${Math.round(Math.min(attemptCap, left))} ms`),
+        );
       } else if (error instanceof Error && RETRYABLE.has(error.name)) {
         await backOff(error);
       } else {

@@ -134,11 +134,14 @@ async function exchange(
 
   let sent = 0;
   let echoed = 0;
-  const open: Comm[] = [];
+  // Every comm is open before any streams: in one process, a ws upgrade can
+  // wait over 10 s behind 99 comms streaming flat out (a soak run saw it).
+  const open: Comm[] = await within(
+    Promise.all(Array.from({ length: comms }, () => connect(listener.contactAddress))),
+    `${comms} ${scheme} comms to open`,
+  );
   const start = performance.now();
-  const clients = Array.from({ length: comms }, async (_, index) => {
-    const comm = await connect(listener.contactAddress);
-    open.push(comm);
+  const clients = open.map(async (comm, index) => {
     const reading = (async () => {
       for (let seq = 0; seq < messages; seq++) {
         const wrong = mismatch(await comm.read(), index, seq);
