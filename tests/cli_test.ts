@@ -8,7 +8,8 @@ import { fromFileUrl, join } from "@std/path";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
 import { connect, listen, Server } from "../mod.ts";
 import { main } from "../cli.ts";
-import { HANG_GUARD_MS, within } from "./_wait.ts";
+import { within } from "./_wait.ts";
+import { DaskScheduler, daskUnavailable } from "./_dask.ts";
 
 const CLI = fromFileUrl(new URL("../cli.ts", import.meta.url));
 const TESTDATA = fromFileUrl(new URL("./testdata/", import.meta.url));
@@ -428,25 +429,6 @@ Deno.test("comm refuses bad arguments in one line, with exit status 2", async ()
 // ---------------------------------------------------------------------------
 // Against a real dask scheduler
 
-const PYTHON = "/usr/bin/python3";
-const DASK = "/usr/bin/dask";
-
-function daskUnavailable(): string | undefined {
-  try {
-    const output = new Deno.Command(PYTHON, {
-      args: ["-c", "import distributed"],
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    }).outputSync();
-    if (!output.success) return `${PYTHON} cannot import distributed`;
-    Deno.statSync(DASK);
-    return undefined;
-  } catch (error) {
-    return error instanceof Error ? error.message : String(error);
-  }
-}
-
 const daskMissing = daskUnavailable();
 if (daskMissing !== undefined) {
   console.warn(
@@ -458,43 +440,11 @@ Deno.test({
   name: "comm call prints the identity of a real dask scheduler",
   ignore: daskMissing !== undefined,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "x-comm-cli-dask-" });
-    const file = join(dir, "scheduler.json");
-    const child = new Deno.Command(DASK, {
-      args: [
-        "scheduler",
-        ...["--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--no-show"],
-        ...["--dashboard-address", "127.0.0.1:0", "--scheduler-file", file],
-        ...["--idle-timeout", "60s"],
-      ],
-      env: { DASK_LOGGING__DISTRIBUTED: "warning" },
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    try {
-      // dask writes the file once listening, not atomically: wait until it parses.
-      const deadline = Date.now() + HANG_GUARD_MS;
-      let address: string | undefined;
-      while (address === undefined) {
-        assert(Date.now() < deadline, `dask scheduler did not write ${file}`);
-        try {
-          address = JSON.parse(await Deno.readTextFile(file)).address;
-        } catch {
-          await new Promise((resolve) => setTimeout(resolve, 50));
-        }
-      }
-      const ran = await comm("call", address, "identity");
-      assertEquals(ran.code, 0, ran.stderr);
-      assertStringIncludes(ran.stdout, '"type": "Scheduler"');
-      assertEquals((JSON.parse(ran.stdout) as { address: string }).address, address);
-      assertNoStack(ran);
-    } finally {
-      kill(child, "SIGTERM");
-      const timer = setTimeout(() => kill(child), HANG_GUARD_MS);
-      await child.status;
-      clearTimeout(timer);
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using scheduler = await DaskScheduler.start();
+    const ran = await comm("call", scheduler.address, "identity");
+    assertEquals(ran.code, 0, ran.stderr);
+    assertStringIncludes(ran.stdout, '"type": "Scheduler"');
+    assertEquals((JSON.parse(ran.stdout) as { address: string }).address, scheduler.address);
+    assertNoStack(ran);
   },
 });

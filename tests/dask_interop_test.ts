@@ -13,31 +13,14 @@ import {
 } from "@std/assert";
 import { type Comm, connect, listen, Serialized } from "../mod.ts";
 import { asBytes, pattern, PythonPeer, WAIT_MS, within } from "./_python_peer.ts";
+import { daskUnavailable, PYTHON } from "./_dask.ts";
 
-const PYTHON = "/usr/bin/python3";
 const PEER_SCRIPT = fromFileUrl(new URL("./testdata/dask_peer.py", import.meta.url));
 /** dask's tcp comm, and its WebSocket comm (distributed/comm/ws.py). */
 const SCHEMES = ["tcp", "ws"] as const;
 type Scheme = typeof SCHEMES[number];
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-/** Why the tests cannot run, or `undefined` when Python has dask. */
-function daskUnavailable(): string | undefined {
-  try {
-    const output = new Deno.Command(PYTHON, {
-      args: ["-c", "import distributed"],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).outputSync();
-    if (output.success) return undefined;
-    const lines = new TextDecoder().decode(output.stderr).trim().split("\n");
-    return lines[lines.length - 1];
-  } catch (error) {
-    return error instanceof Error ? error.message : String(error);
-  }
-}
 
 const unavailable = daskUnavailable();
 if (unavailable !== undefined) {

@@ -4,7 +4,7 @@
 // rpc() and BatchedSend against dask's Server (tests/testdata/dask_rpc_peer.py).
 // Skipped when /usr/bin/python3 has no dask.
 
-import { fromFileUrl, join } from "@std/path";
+import { fromFileUrl } from "@std/path";
 import { assert, assertEquals, assertMatch } from "@std/assert";
 import {
   BatchedSend,
@@ -16,30 +16,9 @@ import {
   Server,
 } from "../mod.ts";
 import { PythonPeer, WAIT_MS, within } from "./_python_peer.ts";
+import { DaskScheduler, daskUnavailable, PYTHON } from "./_dask.ts";
 
-const PYTHON = "/usr/bin/python3";
-const DASK = "/usr/bin/dask";
 const PEER_SCRIPT = fromFileUrl(new URL("./testdata/dask_rpc_peer.py", import.meta.url));
-
-/** Why the tests cannot run, or `undefined` when dask is there. */
-function daskUnavailable(): string | undefined {
-  try {
-    const output = new Deno.Command(PYTHON, {
-      args: ["-c", "import distributed"],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).outputSync();
-    if (!output.success) {
-      const lines = new TextDecoder().decode(output.stderr).trim().split("\n");
-      return `${PYTHON} cannot import distributed: ${lines[lines.length - 1]}`;
-    }
-    Deno.statSync(DASK);
-    return undefined;
-  } catch (error) {
-    return error instanceof Error ? error.message : String(error);
-  }
-}
 
 const unavailable = daskUnavailable();
 if (unavailable !== undefined) {
@@ -48,103 +27,6 @@ if (unavailable !== undefined) {
   );
 }
 const ignore = unavailable !== undefined;
-
-/**
- * A `dask scheduler` on 127.0.0.1, a free port, no dashboard, found through
- * its scheduler file. It exits on its own after a minute of idleness, should
- * this process die without stopping it.
- */
-class DaskScheduler implements AsyncDisposable {
-  readonly address: string;
-  readonly id: string;
-  readonly #child: Deno.ChildProcess;
-  readonly #stderr: Promise<string>;
-  readonly #dir: string;
-
-  private constructor(
-    child: Deno.ChildProcess,
-    stderr: Promise<string>,
-    dir: string,
-    file: { address: string; id: string },
-  ) {
-    this.#child = child;
-    this.#stderr = stderr;
-    this.#dir = dir;
-    this.address = file.address;
-    this.id = file.id;
-  }
-
-  static async start(): Promise<DaskScheduler> {
-    const dir = await Deno.makeTempDir({ prefix: "x-comm-dask-" });
-    const file = join(dir, "scheduler.json");
-    const child = new Deno.Command(DASK, {
-      args: [
-        "scheduler",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-dashboard",
-        "--no-show",
-        "--dashboard-address",
-        "127.0.0.1:0",
-        "--scheduler-file",
-        file,
-        "--idle-timeout",
-        "60s",
-      ],
-      env: { DASK_LOGGING__DISTRIBUTED: "warning" },
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    const stderr = new Response(child.stderr).text();
-    const deadline = Date.now() + WAIT_MS;
-    // dask writes the file once listening, not atomically: wait until it parses.
-    while (Date.now() < deadline) {
-      try {
-        const parsed = JSON.parse(await Deno.readTextFile(file));
-        if (typeof parsed.address === "string") {
-          return new DaskScheduler(child, stderr, dir, parsed);
-        }
-      } catch {
-        // Not there yet, or half written.
-      }
-      const exited = await Promise.race([
-        child.status.then(() => true),
-        new Promise<false>((resolve) => setTimeout(() => resolve(false), 50)),
-      ]);
-      if (exited) {
-        await Deno.remove(dir, { recursive: true });
-        throw new Error(`dask scheduler exited before listening:\n${await stderr}`);
-      }
-    }
-    child.kill("SIGKILL");
-    await child.status;
-    await stderr;
-    await Deno.remove(dir, { recursive: true });
-    throw new Error(`dask scheduler did not write ${file} within ${WAIT_MS} ms`);
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    try {
-      this.#child.kill("SIGTERM");
-    } catch {
-      // It exited already.
-    }
-    const timer = setTimeout(() => {
-      try {
-        this.#child.kill("SIGKILL");
-      } catch {
-        // It exited meanwhile.
-      }
-    }, 10_000);
-    await this.#child.status;
-    clearTimeout(timer);
-    await this.#stderr;
-    await Deno.remove(this.#dir, { recursive: true });
-  }
-}
 
 /** Reads the next message within WAIT_MS. */
 async function readWithin(comm: Comm, what: string, ms = WAIT_MS): Promise<unknown> {

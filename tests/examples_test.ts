@@ -10,13 +10,12 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/as
 import { fromFileUrl, join } from "@std/path";
 import { connect, Server } from "../mod.ts";
 import { within } from "./_wait.ts";
+import { DaskScheduler, daskUnavailable, PYTHON } from "./_dask.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const EXAMPLES_DIR = new URL("examples/", ROOT);
 /** Longest an example may run, or take to print a line we wait for. */
 const RUN_MS = 30_000;
-const PYTHON = "/usr/bin/python3";
-const DASK = "/usr/bin/dask";
 
 type Permission = "--allow-net" | "--allow-read" | "--allow-write" | "--allow-run";
 
@@ -548,84 +547,5 @@ function commandMissing(command: string, args: string[]): string | undefined {
     return `${command} ${args.join(" ")} failed: ${lines[lines.length - 1]}`;
   } catch (error) {
     return error instanceof Error ? error.message : String(error);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// A dask scheduler, as in tests/dask_rpc_test.ts
-
-/** Why a dask scheduler cannot start here, or `undefined` when it can. */
-function daskUnavailable(): string | undefined {
-  const missing = commandMissing(PYTHON, ["-c", "import distributed"]);
-  if (missing) return missing;
-  try {
-    Deno.statSync(DASK);
-    return undefined;
-  } catch (error) {
-    return error instanceof Error ? error.message : String(error);
-  }
-}
-
-/**
- * A `dask scheduler` on 127.0.0.1, a free port, no dashboard, found through
- * its scheduler file; it exits by itself after a minute idle, should this
- * process die without stopping it.
- */
-class DaskScheduler implements AsyncDisposable {
-  readonly address: string;
-  readonly id: string;
-  readonly #child: Child;
-  readonly #dir: string;
-
-  private constructor(child: Child, dir: string, file: { address: string; id: string }) {
-    this.#child = child;
-    this.#dir = dir;
-    this.address = file.address;
-    this.id = file.id;
-  }
-
-  static async start(): Promise<DaskScheduler> {
-    const dir = await Deno.makeTempDir({ prefix: "x-comm-examples-dask-" });
-    const file = join(dir, "scheduler.json");
-    const child = new Child("dask scheduler", DASK, [
-      "scheduler",
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--no-dashboard",
-      "--no-show",
-      "--scheduler-file",
-      file,
-      "--idle-timeout",
-      "60s",
-    ], { cwd: dir });
-    try {
-      const deadline = Date.now() + RUN_MS;
-      // dask writes the file once listening, not atomically: wait until it parses.
-      while (Date.now() < deadline) {
-        try {
-          const parsed = JSON.parse(await Deno.readTextFile(file));
-          if (typeof parsed.address === "string") return new DaskScheduler(child, dir, parsed);
-        } catch {
-          // Not there yet, or half written.
-        }
-        if (!child.running) {
-          throw new Error(`dask scheduler exited before listening:\n${child.transcript}`);
-        }
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-      throw new Error(`dask scheduler did not write ${file} within ${RUN_MS} ms`);
-    } catch (error) {
-      await child[Symbol.asyncDispose]();
-      await Deno.remove(dir, { recursive: true });
-      throw error;
-    }
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#child.stop("SIGTERM").catch(() => {});
-    await this.#child[Symbol.asyncDispose]();
-    await Deno.remove(this.#dir, { recursive: true });
   }
 }
