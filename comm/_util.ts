@@ -190,40 +190,45 @@ export function namedError(
   return error;
 }
 
-/** Values {@linkcode estimateSize} looks at in one message, at most. */
-const ESTIMATE_NODES = 256;
+/** Objects {@linkcode estimateSize} looks into in one message, at most. */
+const ESTIMATE_OBJECTS = 256;
+/** Objects the estimate in progress may still look into (estimates are synchronous). */
+let objectsLeft = 0;
 
 /**
  * About how much memory a message holds: the bytes of its binaries and
- * strings plus a few bytes a value, from at most the first 256 values
- * reached (so that a huge message costs no more than a small one to
- * estimate). Used to bound queues that pass messages by reference.
+ * strings plus a few bytes a value, looking into at most 256 objects and
+ * arrays (so that a huge message costs no more than a small one to
+ * estimate). Used to bound queues that pass messages by reference; it runs
+ * on every inproc write, so it allocates nothing.
  */
 export function estimateSize(message: unknown): number {
-  let size = 16;
-  let visits = 0;
-  const stack: unknown[] = [message];
-  while (stack.length > 0 && visits++ < ESTIMATE_NODES) {
-    const value = stack.pop();
-    if (typeof value === "string") size += value.length;
-    else if (typeof value !== "object" || value === null) size += 8;
-    else if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) size += value.byteLength;
-    else if (Array.isArray(value)) {
-      size += 8 * value.length;
-      for (let i = 0; i < value.length && stack.length < ESTIMATE_NODES; i++) stack.push(value[i]);
-    } else if (value instanceof Map || value instanceof Set) {
-      size += 16 * value.size;
-      for (const entry of value) {
-        if (stack.length >= ESTIMATE_NODES) break;
-        stack.push(entry);
-      }
-    } else {
-      for (const key in value) {
-        size += 16 + key.length;
-        if (stack.length >= ESTIMATE_NODES) break;
-        stack.push((value as Record<string, unknown>)[key]);
-      }
+  objectsLeft = ESTIMATE_OBJECTS;
+  return 16 + sizeOf(message);
+}
+
+function sizeOf(value: unknown): number {
+  if (typeof value !== "object") return typeof value === "string" ? value.length : 8;
+  if (value === null) return 8;
+  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return value.byteLength;
+  if (--objectsLeft < 0) return 8;
+  if (Array.isArray(value)) {
+    let size = 8 * value.length;
+    for (let i = 0; i < value.length && objectsLeft >= 0; i++) size += sizeOf(value[i]);
+    return size;
+  }
+  if (value instanceof Map || value instanceof Set) {
+    let size = 16 * value.size;
+    for (const entry of value) {
+      if (objectsLeft < 0) break;
+      size += sizeOf(entry);
     }
+    return size;
+  }
+  const keys = Object.keys(value);
+  let size = 16 * keys.length;
+  for (let i = 0; i < keys.length && objectsLeft >= 0; i++) {
+    size += keys[i].length + sizeOf((value as Record<string, unknown>)[keys[i]]);
   }
   return size;
 }

@@ -27,8 +27,9 @@ import type { Comm, CommOptions, ReadOptions } from "./types.ts";
 /** Default of `highWaterMark` for inproc comms: 1024 messages. */
 const DEFAULT_INPROC_HIGH_WATER_MARK = 1024;
 /**
- * Writes also wait while the messages queued hold more than this, by
- * {@linkcode estimateSize}: 1,024 messages of 1 MiB would be 1 GiB.
+ * Writes also wait while the messages queued behind the first hold more
+ * than this, by {@linkcode estimateSize}: 1,024 messages of 1 MiB would be
+ * 1 GiB.
  */
 const INPROC_HIGH_WATER_BYTES = 16 * 1024 * 1024;
 
@@ -48,7 +49,11 @@ class InprocComm implements Comm {
   #peerAddress: string;
   #highWaterMark: number;
   #inbox = new Queue<unknown>();
-  /** The estimated size of each message in the inbox, and their sum. */
+  /**
+   * The estimated size of each message in the inbox, and their sum; a lone
+   * message is estimated only once a second one joins it, so that a reader
+   * that keeps up (the usual case) costs no estimate at all.
+   */
   #sizes = new Queue<number>();
   #inboxBytes = 0;
   #readers = new Queue<Deferred<unknown>>();
@@ -92,8 +97,8 @@ class InprocComm implements Comm {
   read(options?: ReadOptions): Promise<unknown> {
     if (this.#closed) return Promise.reject(this.#closedError());
     if (this.#inbox.length > 0) {
+      if (this.#sizes.length === this.#inbox.length) this.#inboxBytes -= this.#sizes.shift()!;
       const message = this.#inbox.shift();
-      this.#inboxBytes -= this.#sizes.shift()!;
       if (
         this.#blockedWriters.length > 0 &&
         this.#inbox.length <= this.#highWaterMark / 2 &&
@@ -133,10 +138,11 @@ class InprocComm implements Comm {
       reader.resolve(message);
       return RESOLVED;
     }
+    if (peer.#inbox.length > 0) {
+      if (peer.#sizes.length === 0) peer.#count(peer.#inbox.peek());
+      peer.#count(message);
+    }
     peer.#inbox.push(message);
-    const size = estimateSize(message);
-    peer.#sizes.push(size);
-    peer.#inboxBytes += size;
     for (let w; (w = peer.#arrivals.shift());) w.resolve(true);
     if (
       peer.#inbox.length <= this.#highWaterMark && peer.#inboxBytes <= INPROC_HIGH_WATER_BYTES
@@ -201,6 +207,12 @@ class InprocComm implements Comm {
       peer.#clearInbox();
     }
     peer.#onPeerClosed();
+  }
+
+  #count(message: unknown): void {
+    const size = estimateSize(message);
+    this.#sizes.push(size);
+    this.#inboxBytes += size;
   }
 
   #clearInbox(): void {

@@ -247,7 +247,11 @@ export interface BroadcastOptions {
  */
 export class Receiver<T> implements AsyncIterable<T> {
   #queue = new Queue<T>();
-  /** The estimated size of each queued message, and their sum. */
+  /**
+   * The estimated size of each queued message, and their sum; a lone
+   * message is estimated only once a second one joins it, so that a receiver
+   * that keeps up costs no estimate at all.
+   */
   #sizes = new Queue<number>();
   #queuedBytes = 0;
   #waiters = new Queue<Deferred<T>>();
@@ -289,8 +293,8 @@ export class Receiver<T> implements AsyncIterable<T> {
    */
   receive(options: { signal?: AbortSignal } = {}): Promise<T> {
     if (this.#queue.length > 0) {
+      if (this.#sizes.length === this.#queue.length) this.#queuedBytes -= this.#sizes.shift()!;
       const message = this.#queue.shift() as T;
-      this.#queuedBytes -= this.#sizes.shift()!;
       if (this.#queue.length <= this.#capacity && this.#queuedBytes <= CAPACITY_BYTES) {
         for (const resolve of this.#spaceWaiters.splice(0)) resolve();
       }
@@ -328,14 +332,21 @@ export class Receiver<T> implements AsyncIterable<T> {
       waiter.resolve(message);
       return Promise.resolve();
     }
+    if (this.#queue.length > 0) {
+      if (this.#sizes.length === 0) this.#count(this.#queue.peek());
+      this.#count(message);
+    }
     this.#queue.push(message);
-    const size = estimateSize(message);
-    this.#sizes.push(size);
-    this.#queuedBytes += size;
     if (this.#queue.length <= this.#capacity && this.#queuedBytes <= CAPACITY_BYTES) {
       return Promise.resolve();
     }
     return new Promise((resolve) => this.#spaceWaiters.push(resolve));
+  }
+
+  #count(message: unknown): void {
+    const size = estimateSize(message);
+    this.#sizes.push(size);
+    this.#queuedBytes += size;
   }
 
   /** Ends the channel: queued messages stay receivable, then receive() rejects. */

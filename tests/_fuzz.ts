@@ -22,6 +22,12 @@ function parseSeed(text: string | undefined): number | undefined {
   return value >>> 0;
 }
 
+/** A seeded generator of numbers in [0, 1): the same run for the same seed. */
+export function seededRandom(seed: number): () => number {
+  const rng = new Rng(seed);
+  return () => rng.next() / 2 ** 32;
+}
+
 /** A mulberry32 generator: small, fast, and good enough to pick test inputs. */
 export class Rng {
   #state: number;

@@ -25,6 +25,7 @@ import {
 import { type Direction, type Fault, FaultProxy } from "./_fault_proxy.ts";
 import { soaked } from "./_soak.ts";
 import { within } from "./_wait.ts";
+import { seededRandom } from "./_fuzz.ts";
 
 const SEED = Number(Deno.env.get("FAULT_SEED") ?? 20261121);
 /** The timeout of each call; a fault must be reported on both sides within it plus 10 %. */
@@ -34,18 +35,6 @@ const TOLERANCE = 1.1;
 const MESSAGES = 24;
 /** Sessions run at once. */
 const PARALLEL = 6;
-
-/** mulberry32: a small seeded generator, so that a failing run can be replayed. */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The payload of message `seq`: a pattern the receiver checks byte by byte. */
 function payload(seq: number, size: number): Uint8Array {
@@ -152,7 +141,7 @@ async function pooled<T>(tasks: (() => Promise<T>)[], limit: number): Promise<T[
 }
 
 Deno.test("Comm through a proxy that drops, half-closes or resets mid-frame ends in typed errors on both sides within the timeout + 10 %, losing no whole message and delivering none twice or in part", async () => {
-  const random = generator(SEED);
+  const random = seededRandom(SEED);
   const cases: { fault: Fault; sizes: number[]; label: string }[] = [];
   const rounds = soaked(3);
   for (let round = 0; round < rounds; round++) {
@@ -227,7 +216,7 @@ Deno.test("Comm through a proxy that drops, half-closes or resets mid-frame ends
 });
 
 Deno.test("Comm through a proxy that delays every chunk delivers everything in order below the timeout, and times out above it", async () => {
-  const random = generator(SEED + 1);
+  const random = seededRandom(SEED + 1);
   const sizes = Array.from({ length: MESSAGES }, () => Math.floor(random() * 100_000));
   const slow = await session({ kind: "delay", ms: 20 }, sizes, "a delay of 20 ms");
   assertEquals([slow.echoed, slow.served], [MESSAGES, MESSAGES]);

@@ -10,18 +10,7 @@ import { BatchedSend, type Comm, connect, ConnectionPool, listen, Server } from 
 import { counted, type Gauge } from "./_gauge.ts";
 import { SOAK, soaked } from "./_soak.ts";
 import { HANG_GUARD_MS, until, within } from "./_wait.ts";
-
-/** A seeded PRNG (mulberry32): each run has the same pauses, bytes and delays. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+import { seededRandom } from "./_fuzz.ts";
 
 /** `n` in the README's style: 10,000. */
 function count(n: number): string {
